@@ -1,0 +1,372 @@
+"""`vbs`: the command line of live VideoBERT tagging. Every subcommand explains itself with --help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("vbs")
+
+
+def _workers_default() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def cmd_corpus_make(a: argparse.Namespace) -> int:
+    from videobert.corpus import make_corpus
+
+    r = make_corpus(a.out, a.videos, seed=a.seed, workers=a.workers, container=a.container,
+                    min_seconds=a.min_seconds, max_seconds=a.max_seconds, progress=not a.quiet)
+    print(f"wrote {r.videos} videos ({r.seconds_of_video:.0f} s of video) to {a.out} in {r.wall_seconds:.1f} s "
+          f"({r.videos_per_minute:.1f} videos/min)")
+    return 0
+
+
+def cmd_corpus_read(a: argparse.Namespace) -> int:
+    from videobert.reader import ClipSpec, VideoReadError, list_videos, read_video
+
+    spec = ClipSpec(a.clip_seconds, a.frames, a.size)
+    failed = 0
+    for p in list_videos(a.data)[: a.limit]:
+        try:
+            v = read_video(p, spec)
+        except VideoReadError as e:
+            failed += 1
+            print(json.dumps({"file": str(p), "error": e.reason}))
+            continue
+        row = {"file": str(p), "clips": len(v.clips), "duration": round(v.duration, 2), "size": f"{v.width}x{v.height}",
+               "subtitles": v.subtitle_source, "cues": len(v.cues), "labelled": v.truth is not None,
+               "decode_errors": v.decode_errors}
+        if a.clips:
+            row["clip_texts"] = [{"t0": c.t0, "t1": c.t1, "text": c.text,
+                                  "label": f"{c.segment.verb} {c.segment.noun}" if c.segment else None} for c in v.clips]
+        print(json.dumps(row))
+    return 1 if failed and a.strict else 0
+
+
+def cmd_train_encoder(a: argparse.Namespace) -> int:
+    from videobert.train_encoder import EncoderTrainConfig, train_encoder
+
+    cfg = EncoderTrainConfig(arch=a.arch, clip_frames=a.frames, clip_size=a.size, epochs=a.epochs,
+                             batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    s = train_encoder(a.data, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet)
+    print(json.dumps(s, indent=1))
+    return 0
+
+
+def cmd_train_vocab(a: argparse.Namespace) -> int:
+    from videobert.kmeans import KMeansConfig
+    from videobert.visual_words import fit_vocab
+
+    s = fit_vocab(a.data, a.encoder, a.out, KMeansConfig(a.depth, a.branching, a.iters, a.seed),
+                  device=a.device or "cpu", workers=a.workers, progress=not a.quiet)
+    print(json.dumps(s, indent=1))
+    return 0
+
+
+def cmd_eval_encoder(a: argparse.Namespace) -> int:
+    from videobert.evaluate import evaluate_encoder
+
+    r = evaluate_encoder(a.encoder, a.vocab, a.data, n=a.n, seed=a.seed, device=a.device or "cpu",
+                         workers=a.workers, progress=not a.quiet, baseline=not a.no_baseline)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(r, indent=1))
+    print(_encoder_table(r))
+    return 0
+
+
+def _encoder_table(r: dict) -> str:
+    rows = [("", "R@1", "R@5", "sem R@1", "purity verb", "purity noun", "words")]
+    for name in ("trained", "untrained"):
+        if name in r:
+            m = r[name]
+            rows.append((name, f"{m['r_at_1']:.2f}", f"{m['r_at_5']:.2f}", f"{m.get('semantic_r_at_1', float('nan')):.2f}",
+                         f"{m['purity_verb']:.2f}", f"{m['purity_noun']:.2f}", f"{m['words_used']}/{m['vocab_size']}"))
+    first = r.get("trained") or {}
+    rows.append(("chance", f"{first.get('chance_r_at_1', 0):.2f}", f"{first.get('chance_r_at_5', 0):.2f}", "",
+                 f"{r.get('majority_verb', float('nan')):.2f}", f"{r.get('majority_noun', float('nan')):.2f}", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+def cmd_train_videobert(a: argparse.Namespace) -> int:
+    from videobert.pretrain import PretrainConfig, pretrain
+
+    objectives = tuple(o.strip() for o in a.objectives.split(",") if o.strip())
+    bad = set(objectives) - {"text", "video", "align"}
+    if bad or not objectives:
+        raise ValueError(f"--objectives takes a comma list of text, video, align; got {a.objectives!r}")
+    mix = {"cross": a.mix[0], "text": a.mix[1], "video": a.mix[2]}
+    cfg = PretrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, objectives=objectives, mix=mix, seed=a.seed)
+    s = pretrain(a.data, a.encoder, a.vocab, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet,
+                 restart=a.restart)
+    print(json.dumps({k: v for k, v in s.items() if k != "history"}, indent=1))
+    return 0
+
+
+def _labels(a: argparse.Namespace):
+    from videobert.tagging import LabelSlots
+
+    labels = LabelSlots()
+    if a.template:
+        labels.template = a.template
+    if a.slot:
+        labels.slots = {}
+        for spec in a.slot:
+            name, _, words = spec.partition("=")
+            if not name or not words:
+                raise ValueError(f"--slot takes NAME=word,word,...; got {spec!r}")
+            labels.slots[name] = [w.strip() for w in words.split(",") if w.strip()]
+    return labels
+
+
+def cmd_tag(a: argparse.Namespace) -> int:
+    from videobert.tagging import Tagger, write_jsonl
+    from videobert.train_encoder import default_device
+
+    tagger = Tagger(a.model, device=a.device or str(default_device()), labels=_labels(a), context=a.context)
+    rows = tagger.tag_video(a.source, with_embedding=a.embedding)
+    if a.out:
+        with open(a.out, "w") as fh:
+            write_jsonl(rows, fh)
+    else:
+        write_jsonl(rows, sys.stdout)
+    return 0
+
+
+def cmd_eval_zero_shot(a: argparse.Namespace) -> int:
+    from videobert.tagging import Tagger, evaluate_zero_shot, format_zero_shot
+    from videobert.train_encoder import default_device
+
+    tagger = Tagger(a.model, device=a.device or str(default_device()))
+    r = evaluate_zero_shot(tagger, a.data, progress=not a.quiet)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(r, indent=1))
+    print(format_zero_shot(r))
+    return 0
+
+
+def cmd_finetune(a: argparse.Namespace) -> int:
+    from videobert.finetune import FinetuneConfig, compare
+    from videobert.train_encoder import default_device
+
+    cfg = FinetuneConfig(task=a.task, budget=a.budget, epochs=a.epochs, seed=a.seed)
+    eval_data = a.eval_data or str(Path(a.model) / "data" / "heldout")
+    r = compare(a.model, a.data, eval_data, cfg, device=a.device or str(default_device()), progress=not a.quiet)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(r, indent=1))
+    print(f"task {r['task']}: {r['train_segments']} labelled segments to train, {r['test_segments']} to test "
+          f"(chance accuracy {r['chance_accuracy']:.3f})")
+    for name in ("pretrained", "not_pretrained"):
+        print(f"  {name:>15}: accuracy {r[name]['accuracy']:.3f}  macro-F1 {r[name]['macro_f1']:.3f}")
+    return 0
+
+
+def cmd_train_demo(a: argparse.Namespace) -> int:
+    from videobert.demo import build_demo
+
+    card = build_demo(a.out, preset=a.preset, seed=a.seed, workers=a.workers, device=a.device, force=a.force)
+    print(json.dumps(card, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vbs",
+        description="Live VideoBERT tagging: generate the shapes-world corpus, train the video encoder and "
+                    "visual words, and evaluate them. Run `vbs COMMAND --help` for each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  vbs corpus make --out data/train --videos 200 --seed 1\n"
+               "  vbs train encoder --data data/train --out models/encoder\n"
+               "  vbs train vocab --data data/train --encoder models/encoder --out models/vocab\n"
+               "  vbs eval encoder --encoder models/encoder --vocab models/vocab --data data/heldout\n"
+               "  vbs train demo --out models/demo --preset quick")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    corpus = sub.add_parser("corpus", help="make or inspect a video corpus",
+                            description="Generate the shapes-world demo corpus, or read any directory of videos the "
+                                        "way the trainers do and report what was found in each file.").add_subparsers(
+        dest="what", required=True, metavar="ACTION")
+    mk = corpus.add_parser("make", help="generate shapes-world videos (H.264 + embedded subtitles + .srt + ground-truth .json)",
+                           description="Generate the shapes world of DEMO_WORLD.md: narrated how-to videos of shapes "
+                                       "that grow, shrink, lift, drop, slide, shake, blink and fade. Deterministic per seed.")
+    mk.add_argument("--out", required=True, help="output directory (created)")
+    mk.add_argument("--videos", type=int, required=True, help="number of videos")
+    mk.add_argument("--seed", type=int, default=0, help="corpus seed; video i of seed s is always the same (default 0)")
+    mk.add_argument("--workers", type=int, default=_workers_default(), help="parallel processes (default: CPU count, max 4)")
+    mk.add_argument("--container", choices=("mp4", "mkv"), default="mp4", help="mp4 (mov_text subtitles) or mkv (SubRip)")
+    mk.add_argument("--min-seconds", type=float, default=10.0, help="shortest video (default 10)")
+    mk.add_argument("--max-seconds", type=float, default=60.0, help="longest video (default 60)")
+    mk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    mk.set_defaults(func=cmd_corpus_make)
+
+    rd = corpus.add_parser("read", help="read any directory of videos into clips and print one JSON line per file",
+                           description="Read every video under DATA as the trainers do: 1.5 s clips, subtitle text "
+                                       "(embedded stream first, else sidecar .srt/.vtt), ground truth from sidecar .json.")
+    rd.add_argument("data", help="directory of videos")
+    rd.add_argument("--clips", action="store_true", help="also print each clip's time window, text and label")
+    rd.add_argument("--limit", type=int, default=None, help="read at most this many files")
+    rd.add_argument("--clip-seconds", type=float, default=1.5)
+    rd.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
+    rd.add_argument("--size", type=int, default=64, help="frame size after resizing (default 64)")
+    rd.add_argument("--strict", action="store_true", help="exit 1 if any file could not be read")
+    rd.set_defaults(func=cmd_corpus_read)
+
+    train = sub.add_parser("train", help="train the video encoder, the visual words, or the whole demo model",
+                           description="Training, in the order a model is built: the video encoder, then the visual "
+                                       "words on its embeddings; `demo` does every step in one command.").add_subparsers(
+        dest="what", required=True, metavar="WHAT")
+    te = train.add_parser("encoder", help="train the video encoder contrastively (MIL-NCE) against MiniLM subtitle embeddings",
+                          description="Train a video encoder on every video under --data whose clips have narration nearby. "
+                                      "Writes encoder.json + encoder.safetensors to --out after every epoch.")
+    te.add_argument("--data", required=True, help="directory of videos with subtitles")
+    te.add_argument("--out", required=True, help="checkpoint directory")
+    te.add_argument("--arch", default="conv3d-small", help="registered video encoder (default conv3d-small)")
+    te.add_argument("--frames", type=int, default=8, help="frames per 1.5 s clip (default 8)")
+    te.add_argument("--size", type=int, default=64, help="frame size (default 64)")
+    te.add_argument("--epochs", type=int, default=12)
+    te.add_argument("--batch-size", type=int, default=96)
+    te.add_argument("--lr", type=float, default=2e-3)
+    te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    te.add_argument("--workers", type=int, default=_workers_default(), help="processes reading videos")
+    te.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    te.set_defaults(func=cmd_train_encoder)
+
+    tv = train.add_parser("vocab", help="fit the visual words (hierarchical k-means over clip embeddings)",
+                          description="Embed every clip under --data with --encoder and fit a k-means tree of "
+                                      "--depth levels and --branching children per node (paper: 4 and 12).")
+    tv.add_argument("--data", required=True)
+    tv.add_argument("--encoder", required=True, help="encoder checkpoint directory")
+    tv.add_argument("--out", required=True, help="vocabulary directory")
+    tv.add_argument("--depth", type=int, default=4)
+    tv.add_argument("--branching", type=int, default=12)
+    tv.add_argument("--iters", type=int, default=30, help="Lloyd iterations per node")
+    tv.add_argument("--seed", type=int, default=0)
+    tv.add_argument("--device", default=None)
+    tv.add_argument("--workers", type=int, default=_workers_default())
+    tv.add_argument("-q", "--quiet", action="store_true")
+    tv.set_defaults(func=cmd_train_vocab)
+
+    td = train.add_parser("demo", help="build the default model in one command (corpus, encoder, visual words, evaluation)",
+                          description="Generate a shapes-world corpus, train the encoder, fit the visual words and "
+                                      "evaluate on held-out videos of another seed; writes model_card.json/.md. "
+                                      "Reuses finished steps in --out unless --force.")
+    td.add_argument("--out", required=True)
+    td.add_argument("--preset", choices=("quick", "full"), default="quick")
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--workers", type=int, default=_workers_default())
+    td.add_argument("--device", default=None)
+    td.add_argument("--force", action="store_true", help="redo every step")
+    td.set_defaults(func=cmd_train_demo)
+
+    tb = train.add_parser("videobert", help="pretrain VideoBERT on narration + visual words (MLM, masked words, alignment)",
+                          description="Pretrain the fusion model, BERT initialised from MiniLM over [CLS] text [>] visual "
+                                      "words [SEP], with text MLM, masked visual-word prediction and linguistic-visual "
+                                      "alignment, plus text-only and video-only sequences. Checkpoints every 250 steps "
+                                      "into --out; running the same command again resumes where it stopped.")
+    tb.add_argument("--data", required=True, help="directory of videos with subtitles")
+    tb.add_argument("--encoder", required=True, help="encoder checkpoint directory")
+    tb.add_argument("--vocab", required=True, help="visual-word vocabulary directory")
+    tb.add_argument("--out", required=True, help="checkpoint directory (resumed if it holds an unfinished run)")
+    tb.add_argument("--steps", type=int, default=1500)
+    tb.add_argument("--batch-size", type=int, default=32)
+    tb.add_argument("--lr", type=float, default=1e-4)
+    tb.add_argument("--objectives", default="text,video,align", help="comma list of text, video, align (ablations)")
+    tb.add_argument("--mix", type=float, nargs=3, default=(0.6, 0.2, 0.2), metavar=("CROSS", "TEXT", "VIDEO"),
+                    help="share of cross-modal, text-only and video-only sequences (default 0.6 0.2 0.2)")
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--restart", action="store_true", help="ignore an unfinished run in --out and start over")
+    tb.add_argument("--device", default=None)
+    tb.add_argument("--workers", type=int, default=_workers_default())
+    tb.add_argument("-q", "--quiet", action="store_true")
+    tb.set_defaults(func=cmd_train_videobert)
+
+    tg = sub.add_parser("tag", help="zero-shot tags for every 1.5 s clip of a video file or URL (JSON lines)",
+                        description="Fill a template's [MASK] slots from each clip's visual words (with its neighbours' "
+                                    "as context). One JSON object per clip: t0, t1, labels {slot: [{label, score}]}, "
+                                    "alignment (of the overlapping subtitle with the picture, or null), subtitle.")
+    tg.add_argument("source", help="video file path or URL PyAV can open")
+    tg.add_argument("--model", default="models/demo", help="model directory with encoder/, vocab/, videobert/ (default models/demo)")
+    tg.add_argument("--template", default=None, help='default "now let me show you how to [MASK] the [MASK]"')
+    tg.add_argument("--slot", action="append", metavar="NAME=w1,w2",
+                    help="a label set per [MASK], in order (default verb=<8 verbs> noun=<6 nouns>); single-token words")
+    tg.add_argument("--context", type=int, default=1, help="neighbouring clips on each side used as context (default 1)")
+    tg.add_argument("--embedding", action="store_true", help="add the fused embedding to each line")
+    tg.add_argument("--out", default=None, help="write JSON lines here instead of stdout")
+    tg.add_argument("--device", default=None)
+    tg.set_defaults(func=cmd_tag)
+
+    ft = sub.add_parser("finetune", help="fine-tune a classification head; compare with a fusion model not pretrained",
+                        description="Train a linear head on the fused [CLS] representation to classify each ground-truth "
+                                    "segment's --task from its visual words, with --budget labelled segments from "
+                                    "--data, on the pretrained VideoBERT and on one that was not pretrained; report "
+                                    "accuracy and macro-F1 on --eval-data.")
+    ft.add_argument("--model", required=True)
+    ft.add_argument("--data", required=True, help="labelled training videos (sidecar .json)")
+    ft.add_argument("--eval-data", default=None, help="held-out labelled videos (default MODEL/data/heldout)")
+    ft.add_argument("--task", choices=("verb", "noun"), default="verb")
+    ft.add_argument("--budget", type=int, default=200, help="labelled segments to train on (default 200)")
+    ft.add_argument("--epochs", type=int, default=15)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--json", default=None)
+    ft.add_argument("--device", default=None)
+    ft.add_argument("-q", "--quiet", action="store_true")
+    ft.set_defaults(func=cmd_finetune)
+
+    ev = sub.add_parser("eval", help="evaluate models",
+                        description="Measure a model on held-out videos that have ground-truth sidecar .json files "
+                                    "and print a small table (and JSON with --json).").add_subparsers(
+        dest="what", required=True, metavar="WHAT")
+    ee = ev.add_parser("encoder", help="text-to-clip retrieval and visual-word purity on held-out videos",
+                       description="R@1/R@5 of retrieving the right clip for a narration line among N clips, and the "
+                                   "purity of the visual words w.r.t. verb and noun, beside the untrained encoder.")
+    ee.add_argument("--encoder", required=True)
+    ee.add_argument("--vocab", default=None, help="vocabulary directory (default: fit depth 2 x 12 on the data)")
+    ee.add_argument("--data", required=True, help="held-out videos with ground-truth .json")
+    ee.add_argument("--n", type=int, default=100, help="clips to retrieve among (default 100)")
+    ee.add_argument("--seed", type=int, default=0)
+    ee.add_argument("--json", default=None, help="write the results here")
+    ee.add_argument("--no-baseline", action="store_true", help="skip the untrained encoder")
+    ee.add_argument("--device", default=None)
+    ee.add_argument("--workers", type=int, default=_workers_default())
+    ee.add_argument("-q", "--quiet", action="store_true")
+    ee.set_defaults(func=cmd_eval_encoder)
+
+    ez = ev.add_parser("zero-shot", help="VideoBERT zero-shot verb/noun accuracy on held-out videos (video only)",
+                       description="The DEMO_WORLD protocol on any directory of videos with ground-truth .json: "
+                                   "each segment's visual words fill \"now let me show you how to [MASK] the [MASK]\", "
+                                   "the first slot restricted to the 8 verbs, the second to the 6 nouns; no subtitles.")
+    ez.add_argument("--model", required=True)
+    ez.add_argument("--data", required=True)
+    ez.add_argument("--json", default=None, help="write verb_top1, noun_top1, both_top1, verb_top3, noun_top3, n_segments")
+    ez.add_argument("--device", default=None)
+    ez.add_argument("-q", "--quiet", action="store_true")
+    ez.set_defaults(func=cmd_eval_zero_shot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"vbs: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vbs: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pydantic models at every boundary: files, queue messages, results, API bodies, config."""

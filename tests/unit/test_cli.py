@@ -1,0 +1,51 @@
+"""The `vbs` command as a user runs it: help for every command, a real corpus, clear errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ops.cli import build_parser, main
+
+COMMANDS = [[], ["corpus"], ["corpus", "make"], ["corpus", "read"], ["train"], ["train", "encoder"],
+            ["train", "vocab"], ["train", "demo"], ["eval"], ["eval", "encoder"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "vbs")
+def test_every_command_explains_itself(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*cmd, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: vbs" in text and len(text) > 200
+
+
+def test_console_script_runs_corpus_make_and_read(tmp_path):
+    out = tmp_path / "c"
+    r = subprocess.run([sys.executable, "-m", "ops.cli", "corpus", "make", "--out", str(out), "--videos", "2",
+                        "--seed", "4", "--workers", "2", "--min-seconds", "10", "--max-seconds", "10", "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "wrote 2 videos" in r.stdout and "videos/min" in r.stdout
+    assert len(list(out.glob("*.mp4"))) == 2 and len(list(out.glob("*.srt"))) == 2
+    (out / "junk.mkv").write_bytes(b"junk")
+    r = subprocess.run([sys.executable, "-m", "ops.cli", "corpus", "read", str(out), "--strict"],
+                       capture_output=True, text=True, timeout=300)
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 1, "--strict fails when a file could not be read"
+    assert [row.get("error", "")[:11] for row in rows if "junk" in row["file"]] == ["cannot open"]
+    good = [row for row in rows if "error" not in row]
+    assert len(good) == 2 and all(row["subtitles"] == "embedded" and row["labelled"] for row in good)
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "encoder", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "-q"])
+    assert code == 2
+    assert "vbs: error: no such directory" in capsys.readouterr().err
+
+
+def test_bad_choice_is_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["corpus", "make", "--out", "x", "--videos", "1", "--container", "avi"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""videobert package."""

@@ -1,0 +1,254 @@
+"""The shapes-world corpus generator (../shared/DEMO_WORLD.md): plans each video from its seed, renders
+it, encodes H.264 with PyAV, embeds the narration as a text subtitle stream (mov_text in MP4, SubRip in
+MKV), and writes a sidecar .srt and a ground-truth .json beside it. Deterministic per (seed, index)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from av.subtitles.subtitle import SubtitleSet
+from tqdm import tqdm
+
+from schemas.world import GroundTruth, NarrationLine, Segment
+from videobert import shapes, world
+from videobert.subtitles import Cue, format_srt
+
+log = logging.getLogger(__name__)
+
+RESOLUTIONS = ((320, 240), (256, 256), (384, 216), (240, 320), (426, 240), (352, 288), (480, 270), (288, 352))
+FRAME_RATES = (15, 20, 24, 25, 30)
+SUBTITLE_CODEC = {"mp4": "mov_text", "mkv": "subrip"}
+ASS_HEADER = (
+    "[Script Info]\nScriptType: v4.00+\nPlayResX: 384\nPlayResY: 288\n\n[V4+ Styles]\n"
+    "Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, "
+    "Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, "
+    "MarginR, MarginV, Encoding\n"
+    "Style: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0\n\n"
+    "[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n"
+).encode()
+
+
+@dataclass(frozen=True)
+class Distractor:
+    noun: str
+    color: str
+    cx: float
+    cy: float
+    radius: float
+
+
+@dataclass(frozen=True)
+class PlannedSegment:
+    t0: float
+    t1: float
+    noun: str
+    color: str
+    motion: shapes.Motion
+    distractors: tuple[Distractor, ...]
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    name: str
+    width: int
+    height: int
+    fps: int
+    background: str
+    segments: tuple[PlannedSegment, ...]
+    narration: tuple[NarrationLine, ...]
+    seed: int
+    index: int
+    bg_seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return self.segments[-1].t1
+
+    def ground_truth(self) -> GroundTruth:
+        return GroundTruth(
+            segments=[Segment(t0=s.t0, t1=s.t1, verb=s.motion.verb, noun=s.noun, color=s.color) for s in self.segments],
+            narration=list(self.narration), width=self.width, height=self.height, fps=self.fps,
+            duration=self.duration, seed=self.seed, index=self.index, background=self.background)
+
+
+def _ms(t: float) -> float:
+    return round(t, 3)
+
+
+def plan_video(seed: int, index: int, min_seconds: float = 10.0, max_seconds: float = 60.0) -> VideoPlan:
+    """Everything about video `index` of corpus `seed`, drawn from its own generator."""
+    rng = np.random.default_rng([seed, index])
+    width, height = RESOLUTIONS[rng.integers(len(RESOLUTIONS))]
+    fps = int(FRAME_RATES[rng.integers(len(FRAME_RATES))])
+    bg = shapes.BACKGROUNDS[rng.integers(len(shapes.BACKGROUNDS))]
+    target = rng.uniform(min_seconds, max(min_seconds, max_seconds - 4.5))
+    segments: list[PlannedSegment] = []
+    t = 0.0
+    while t < target or not segments:
+        seconds = _ms(rng.uniform(1.5, 4.5))
+        verb = world.VERBS[rng.integers(len(world.VERBS))]
+        noun = world.NOUNS[rng.integers(len(world.NOUNS))]
+        color = list(world.COLORS)[rng.integers(len(world.COLORS))]
+        motion = shapes.sample_motion(rng, verb, height, width, seconds)
+        distractors = []
+        for _ in range(int(rng.integers(0, 4))):
+            for _attempt in range(20):  # keep still shapes off the acting shape's path
+                r = rng.uniform(0.09, 0.14) * min(width, height)
+                cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
+                reach = motion.radius * max(1.0, motion.scale) + abs(motion.dx) + abs(motion.dy) + r + 4
+                mid_x, mid_y = motion.cx + motion.dx / 2, motion.cy + motion.dy / 2
+                if np.hypot(cx - mid_x, cy - mid_y) > reach and all(
+                        np.hypot(cx - d.cx, cy - d.cy) > r + d.radius + 2 for d in distractors):
+                    distractors.append(Distractor(
+                        world.NOUNS[rng.integers(len(world.NOUNS))], list(world.COLORS)[rng.integers(len(world.COLORS))],
+                        cx, cy, r))
+                    break
+        segments.append(PlannedSegment(_ms(t), _ms(t + seconds), noun, color, motion, tuple(distractors)))
+        t = _ms(t + seconds)
+    narration = _plan_narration(rng, segments)
+    return VideoPlan(f"shapes_{seed}_{index:05d}", width, height, fps, bg, tuple(segments), tuple(narration),
+                     seed, index, bg_seed=int(rng.integers(2**31)))
+
+
+def _plan_narration(rng: np.random.Generator, segments: list[PlannedSegment]) -> list[NarrationLine]:
+    duration = segments[-1].t1
+    lines: list[NarrationLine] = []
+    for k, seg in enumerate(segments):
+        said = world.narrate(rng, seg.motion.verb, seg.noun, seg.color)
+        if said is None:
+            continue
+        kind, text = said
+        t0 = _ms(min(max(0.0, seg.t0 + rng.uniform(-1.0, 1.0)), duration - 0.5))
+        t1 = _ms(min(duration, t0 + rng.uniform(1.2, 2.5)))
+        if lines and lines[-1].t1 > t0:  # speech does not overlap: the earlier line ends where this begins
+            prev = lines[-1]
+            lines[-1] = prev.model_copy(update={"t1": t0})
+            if lines[-1].t1 - lines[-1].t0 < 0.4:
+                lines.pop()
+        lines.append(NarrationLine(t0=t0, t1=t1, text=text, kind=kind, segment=k))
+    return [ln for ln in lines if ln.t1 - ln.t0 >= 0.4]
+
+
+def render_frames(plan: VideoPlan):
+    """Yield (frame_index, rgb uint8 (H, W, 3)) for every frame of the video."""
+    bg = shapes.background(np.random.default_rng(plan.bg_seed), plan.background, plan.height, plan.width)
+    n_frames = int(round(plan.duration * plan.fps))
+    seg_i, base = -1, None
+    for i in range(n_frames):
+        t = i / plan.fps
+        while seg_i + 1 < len(plan.segments) and plan.segments[seg_i + 1].t0 <= t:
+            seg_i += 1
+            seg = plan.segments[seg_i]
+            base = bg.copy()
+            for d in seg.distractors:
+                shapes.paint(base, d.noun, world.COLORS[d.color], d.cx, d.cy, d.radius)
+        seg = plan.segments[seg_i]
+        u = min(1.0, max(0.0, (t - seg.t0) / (seg.t1 - seg.t0)))
+        cx, cy, r, alpha = seg.motion.at(u)
+        img = base.copy()
+        shapes.paint(img, seg.noun, world.COLORS[seg.color], cx, cy, r, alpha)
+        yield i, np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_video(plan: VideoPlan, out_dir: Path, container: str = "mp4") -> Path:
+    """Render, encode and write `<name>.<container>`, `<name>.srt` and `<name>.json` into out_dir."""
+    if container not in SUBTITLE_CODEC:
+        raise ValueError(f"container must be one of {sorted(SUBTITLE_CODEC)}, got {container!r}")
+    path = out_dir / f"{plan.name}.{container}"
+    tmp = out_dir / f".{plan.name}.partial.{container}"
+    cues = [Cue(n.t0, n.t1, n.text) for n in plan.narration]
+    with av.open(str(tmp), "w", format="mp4" if container == "mp4" else "matroska") as out:
+        vs = out.add_stream("libx264", rate=plan.fps, options={"preset": "veryfast", "crf": "20", "threads": "1"})
+        vs.width, vs.height, vs.pix_fmt = plan.width, plan.height, "yuv420p"
+        vs.codec_context.time_base = Fraction(1, plan.fps)
+        ss = out.add_stream(SUBTITLE_CODEC[container])
+        ss.codec_context.subtitle_header = ASS_HEADER
+        out.start_encoding()  # writes the header: the subtitle stream's time base is known from here on
+        pending = list(enumerate(cues))
+
+        def mux_subtitles_until(t: float) -> None:
+            while pending and pending[0][1].start <= t:
+                k, cue = pending.pop(0)
+                tb = ss.time_base
+                start, dur = int(round(cue.start / tb)), int(round((cue.end - cue.start) / tb))
+                sub = SubtitleSet.create(f"{k},0,Default,,0,0,0,,{cue.text}".encode(), 0,
+                                         int(round((cue.end - cue.start) * 1000)), pts=start)
+                pkt = ss.codec_context.encode_subtitle(sub)
+                pkt.stream = ss
+                pkt.pts = pkt.dts = start
+                pkt.duration = dur
+                out.mux(pkt)
+
+        for i, rgb in render_frames(plan):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for pkt in vs.encode(frame):
+                out.mux(pkt)
+            mux_subtitles_until(i / plan.fps)
+        for pkt in vs.encode():
+            out.mux(pkt)
+        mux_subtitles_until(float("inf"))
+    tmp.replace(path)
+    path.with_suffix(".srt").write_text(format_srt(cues))
+    gt = plan.ground_truth()
+    gt_dict = gt.model_dump()
+    gt_dict.update(file=path.name, container=container, subtitle_codec=SUBTITLE_CODEC[container])
+    path.with_suffix(".json").write_text(json.dumps(gt_dict, indent=1))
+    return path
+
+
+def _make_one(args: tuple) -> str:
+    seed, index, out_dir, container, min_s, max_s = args
+    plan = plan_video(seed, index, min_s, max_s)
+    return str(write_video(plan, Path(out_dir), container))
+
+
+@dataclass(frozen=True)
+class CorpusReport:
+    videos: int
+    seconds_of_video: float
+    wall_seconds: float
+
+    @property
+    def videos_per_minute(self) -> float:
+        return 60.0 * self.videos / max(self.wall_seconds, 1e-9)
+
+
+def make_corpus(out_dir: str | Path, videos: int, seed: int = 0, workers: int = 1, container: str = "mp4",
+                min_seconds: float = 10.0, max_seconds: float = 60.0, progress: bool = True) -> CorpusReport:
+    """Generate `videos` shapes-world videos into out_dir (created), `workers` processes in parallel."""
+    if videos < 1:
+        raise ValueError(f"videos must be >= 1, got {videos}")
+    if not 1.5 <= min_seconds <= max_seconds:
+        raise ValueError(f"need 1.5 <= min_seconds ({min_seconds}) <= max_seconds ({max_seconds})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(seed, i, str(out), container, min_seconds, max_seconds) for i in range(videos)]
+    start = time.perf_counter()
+    bar = tqdm(total=videos, desc=f"corpus seed={seed}", unit="video", disable=not progress)
+    if workers <= 1:
+        for job in jobs:
+            _make_one(job)
+            bar.update()
+    else:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_make_one, jobs):
+                bar.update()
+    bar.close()
+    wall = time.perf_counter() - start
+    seconds = sum(json.loads(p.read_text())["duration"] for p in out.glob(f"shapes_{seed}_*.json"))
+    report = CorpusReport(videos, seconds, wall)
+    (out / "corpus.json").write_text(json.dumps({
+        "seed": seed, "videos": videos, "container": container, "min_seconds": min_seconds,
+        "max_seconds": max_seconds, "seconds_of_video": round(seconds, 1), "wall_seconds": round(wall, 2),
+        "videos_per_minute": round(report.videos_per_minute, 2)}, indent=1))
+    return report

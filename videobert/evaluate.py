@@ -1,0 +1,104 @@
+"""Encoder quality on held-out videos: text-to-clip retrieval (R@1, R@5 among n clips) and the purity of
+the visual words with respect to verb and noun, side by side with the same architecture untrained."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from videobert.clipset import ClipSet, load_clipset
+from videobert.encoders import ClipEmbedder, build_encoder, load_embedder
+from videobert.kmeans import HierarchicalKMeans, KMeansConfig
+from videobert.text import SentenceEncoder
+from videobert.visual_words import purity
+
+log = logging.getLogger(__name__)
+
+
+def retrieval_pairs(cs: ClipSet) -> list[tuple[str, int]]:
+    """(query text, clip index) pairs: each correct narration line with the clip at the centre of the
+    segment it describes. Corpora without narration in their ground truth fall back to each clip's own
+    overlapping subtitle text (noisier: speech is offset and sometimes wrong)."""
+    pairs: list[tuple[str, int]] = []
+    for vi, truth in enumerate(cs.truths):
+        clips = np.flatnonzero(cs.video == vi)
+        if truth is None or not truth.narration or len(clips) == 0:
+            continue
+        mids = (cs.t0[clips] + cs.t1[clips]) / 2
+        for line in truth.narration:
+            if line.kind != "instruction" or line.segment is None:
+                continue
+            seg = truth.segments[line.segment]
+            best = clips[np.argmin(np.abs(mids - (seg.t0 + seg.t1) / 2))]
+            pairs.append((line.text, int(best)))
+    if not pairs:
+        pairs = [(cs.text[i], i) for i in range(len(cs)) if cs.text[i]]
+    return pairs
+
+
+def retrieval(clip_emb: torch.Tensor, text_emb: torch.Tensor, pairs: list[tuple[str, int]], n: int = 100,
+              seed: int = 0, verbs: list | None = None, nouns: list | None = None) -> dict:
+    """Rank n sampled clips for each of their n queries. clip_emb (N, D) over the clip set; text_emb (n, D)."""
+    rng = np.random.default_rng(seed)
+    seen: set[int] = set()
+    chosen = []
+    for k in rng.permutation(len(pairs)):
+        if pairs[k][1] not in seen:
+            seen.add(pairs[k][1])
+            chosen.append(k)
+        if len(chosen) == n:
+            break
+    if len(chosen) < 2:
+        raise ValueError(f"only {len(chosen)} distinct clips to retrieve among; need more held-out videos")
+    clips = torch.tensor([pairs[k][1] for k in chosen])
+    sims = text_emb[chosen] @ clip_emb[clips].T  # (n, n): query x candidate
+    ranks = (sims > sims.diag()[:, None]).sum(dim=1)  # 0 = the right clip ranks first
+    out = {"n": len(chosen), "r_at_1": float((ranks < 1).float().mean()), "r_at_5": float((ranks < 5).float().mean()),
+           "chance_r_at_1": 1 / len(chosen), "chance_r_at_5": min(5, len(chosen)) / len(chosen)}
+    if verbs is not None and nouns is not None:  # top clip shows the same verb and noun as the query's clip
+        top = clips[sims.argmax(dim=1)]
+        same = [verbs[int(t)] == verbs[int(c)] and nouns[int(t)] == nouns[int(c)] for t, c in zip(top, clips)]
+        out["semantic_r_at_1"] = float(np.mean(same))
+    return out
+
+
+def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data: str | Path, n: int = 100,
+                     seed: int = 0, device: str = "cpu", workers: int = 1, progress: bool = True,
+                     baseline: bool = True) -> dict:
+    """Retrieval and purity of a trained encoder on `data`, and (baseline=True) of the same architecture
+    with random weights. The baseline's words are fit on the held-out clips themselves, which flatters it."""
+    embedder, spec, meta = load_embedder(encoder_dir, device)
+    cs = load_clipset(data, spec, workers=workers, progress=progress)
+    pairs = retrieval_pairs(cs)
+    texts = SentenceEncoder(device).encode([q for q, _ in pairs])
+    labelled = cs.labelled()
+    result = {"data": str(data), "clips": len(cs), "labelled_clips": int(len(labelled)), "retrieval_pairs": len(pairs)}
+
+    def measure(model: ClipEmbedder, km: HierarchicalKMeans | None) -> dict:
+        emb = model.embed(cs.frames, device=device)
+        with torch.no_grad():
+            queries = model.embed_text(texts.to(device)).cpu()
+        r = retrieval(emb, queries, pairs, n=n, seed=seed, verbs=cs.verb, nouns=cs.noun)
+        if km is None:
+            km = HierarchicalKMeans.fit(emb, kmeans_cfg, device=device)
+        words = km.encode(emb.to(device)).cpu().numpy()[labelled]
+        r.update(purity_verb=purity(words, [cs.verb[i] for i in labelled]),
+                 purity_noun=purity(words, [cs.noun[i] for i in labelled]), vocab_size=km.vocab_size,
+                 words_used=int(len(set(words.tolist()))))
+        return r
+
+    km = HierarchicalKMeans.load(vocab_dir, device=device) if vocab_dir else None
+    kmeans_cfg = km.config if km else KMeansConfig(depth=2, branching=12, seed=seed)
+    result["trained"] = measure(embedder, km)
+    if baseline:
+        torch.manual_seed(seed)
+        untrained = ClipEmbedder(build_encoder(meta["arch"], **meta["config"]), meta["text_dim"]).to(device)
+        result["untrained"] = measure(untrained, None)
+    if len(labelled):
+        for key, labels in (("verb", cs.verb), ("noun", cs.noun)):
+            vals = [labels[i] for i in labelled]
+            result[f"majority_{key}"] = max(vals.count(v) for v in set(vals)) / len(vals)
+    return result

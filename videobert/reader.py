@@ -1,0 +1,296 @@
+"""Reading any directory of videos into clips: 1.5 s windows of frames sampled at a fixed rate and
+resized inside FFmpeg (PyAV's swscale), each with the subtitle text that overlaps it and, where a sidecar
+`<name>.json` exists, its ground-truth labels.
+
+Subtitles come from the embedded text subtitle stream first, else a sidecar .srt/.vtt. A corrupt file
+raises VideoReadError for that file only; `read_corpus` records it and moves on."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+
+from schemas.world import GroundTruth, Segment
+from videobert import subtitles
+from videobert.subtitles import Cue
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".ts", ".m4v", ".flv")
+MAX_PIXELS = 8192 * 4320  # a frame larger than 8K is refused, not decoded
+
+
+class VideoReadError(Exception):
+    """A video that cannot be read: the message says which file and why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut: `frames` frames evenly spaced over `seconds`, resized to size x size."""
+
+    seconds: float = 1.5
+    frames: int = 8
+    size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0 or self.frames < 1 or self.size < 8:
+            raise ValueError(f"bad clip spec: seconds={self.seconds} frames={self.frames} size={self.size}")
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds
+
+    def sample_times(self, t0: float, t1: float) -> np.ndarray:
+        """Times (seconds) of the frames that make the clip [t0, t1): centres of `frames` equal slices."""
+        return t0 + (np.arange(self.frames) + 0.5) * (t1 - t0) / self.frames
+
+
+@dataclass(frozen=True)
+class Clip:
+    index: int
+    t0: float
+    t1: float
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    text: str = ""
+    segment: Segment | None = None  # ground truth covering the clip's midpoint, when known
+
+
+@dataclass(frozen=True)
+class VideoClips:
+    path: str
+    clips: list[Clip]
+    cues: list[Cue]
+    subtitle_source: str  # "embedded" | "sidecar" | "none"
+    truth: GroundTruth | None
+    duration: float
+    decode_errors: int = 0
+    width: int = 0
+    height: int = 0
+
+
+class ClipCutter:
+    """Turns a stream of decoded frames (time, av.VideoFrame) into clips.
+
+    Windows come from `windows` (sorted by start; overlapping allowed) or, by default, back-to-back
+    windows of spec.seconds from time 0. A frame is reformatted (resize + RGB, in FFmpeg) only when a
+    sample time picks it: the frame shown at sample time s is the last frame that starts at or before s."""
+
+    def __init__(self, spec: ClipSpec, windows: Iterable[tuple[float, float]] | None = None,
+                 stride: float | None = None):
+        self.spec = spec
+        if windows is None:
+            step = stride or spec.seconds
+            windows = ((k * step, k * step + spec.seconds) for k in _count())
+        self._windows: Iterator[tuple[float, float]] = iter(windows)
+        self._next: tuple[float, float] | None = next(self._windows, None)
+        self._open: list[dict] = []
+        self._index = 0
+        self._prev: tuple[float, object] | None = None
+        self._last_rgb: tuple[int, np.ndarray] | None = None  # (id of frame, rgb) cache
+
+    def _rgb(self, frame) -> np.ndarray:
+        if self._last_rgb is None or self._last_rgb[0] is not frame:
+            size = self.spec.size
+            rgb = frame.reformat(width=size, height=size, format="rgb24", interpolation="AREA").to_ndarray()
+            self._last_rgb = (frame, rgb)
+        return self._last_rgb[1]
+
+    def _admit(self, until: float) -> None:
+        while self._next is not None and self.spec.sample_times(*self._next)[0] < until:
+            t0, t1 = self._next
+            self._open.append({"index": self._index, "t0": t0, "t1": t1, "times": self.spec.sample_times(t0, t1),
+                               "slots": [None] * self.spec.frames})
+            self._index += 1
+            self._next = next(self._windows, None)
+
+    def _fill(self, before: float, frame) -> list[tuple[int, float, float, np.ndarray]]:
+        done = []
+        for w in self._open:
+            for k, s in enumerate(w["times"]):
+                if w["slots"][k] is None and s < before:
+                    w["slots"][k] = self._rgb(frame)
+            if all(slot is not None for slot in w["slots"]):
+                done.append(w)
+        self._open = [w for w in self._open if w not in done]
+        return [(w["index"], w["t0"], w["t1"], np.stack(w["slots"])) for w in done]
+
+    def push(self, t: float, frame) -> list[tuple[int, float, float, np.ndarray]]:
+        """Feed the next decoded frame (time t in seconds); returns clips completed by it."""
+        self._admit(until=t)
+        out: list = []
+        if self._prev is None:
+            out = self._fill(t, frame)  # sample times before the first frame show the first frame
+        else:
+            out = self._fill(t, self._prev[1])
+        self._prev = (t, frame)
+        return out
+
+    def flush(self, frame_duration: float) -> list[tuple[int, float, float, np.ndarray]]:
+        """End of stream: complete windows whose samples fall within the last frame's display time."""
+        if self._prev is None:
+            return []
+        end = self._prev[0] + frame_duration
+        self._admit(until=end)
+        out = self._fill(end, self._prev[1])
+        self._open.clear()
+        return out
+
+
+def _count() -> Iterator[int]:
+    k = 0
+    while True:
+        yield k
+        k += 1
+
+
+def _embedded_cues(packets: list, offset: float) -> list[Cue]:
+    cues = []
+    for pkt in packets:
+        try:
+            subs = pkt.decode()
+        except av.error.FFmpegError:
+            continue
+        for sub in subs:
+            text = subtitles.clean_text(getattr(sub, "dialogue", b"").decode("utf-8", "replace"))
+            if not text or pkt.pts is None:
+                continue
+            start = float(pkt.pts * pkt.time_base) - offset
+            dur = float((pkt.duration or 0) * pkt.time_base) or 2.0
+            cues.append(Cue(round(start, 3), round(start + dur, 3), text[: subtitles.MAX_CUE_CHARS]))
+    return sorted(cues, key=lambda c: c.start)
+
+
+def load_truth(video: str | Path) -> GroundTruth | None:
+    """The ground-truth sidecar `<name>.json`, if there is one (a malformed one is an error)."""
+    p = Path(video).with_suffix(".json")
+    if not p.is_file():
+        return None
+    try:
+        return GroundTruth.model_validate(json.loads(p.read_text()))
+    except (ValueError, OSError) as e:
+        raise VideoReadError(p, f"ground truth is not valid: {e}") from e
+
+
+def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
+               windows: list[tuple[float, float]] | None = None, with_text: bool = True,
+               stride: float | None = None) -> VideoClips:
+    """Decode one video into clips: the given windows, or windows of spec.seconds every `stride` seconds
+    (default: back to back)."""
+    path = Path(path)
+    truth = load_truth(path)
+    try:
+        container = av.open(str(path), timeout=(10.0, 10.0))
+    except (av.error.FFmpegError, OSError) as e:
+        raise VideoReadError(path, f"cannot open: {e}") from e
+    with container:
+        if not container.streams.video:
+            raise VideoReadError(path, "no video stream")
+        vs = container.streams.video[0]
+        if vs.codec_context.width * vs.codec_context.height > MAX_PIXELS:
+            raise VideoReadError(path, f"frame too large: {vs.codec_context.width}x{vs.codec_context.height}")
+        vs.thread_type = "AUTO"
+        text_streams = [s for s in container.streams.subtitles if s.codec_context.name in ("mov_text", "subrip", "srt", "ass", "ssa", "webvtt", "text")]
+        offset = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
+        rate = float(vs.average_rate or 25)
+        cutter = ClipCutter(spec, windows, stride)
+        raw: list[tuple[int, float, float, np.ndarray]] = []
+        sub_packets: list = []
+        errors, n_frames, last_t = 0, 0, 0.0
+        try:
+            for pkt in container.demux(vs, *text_streams[:1]):
+                if pkt.stream.type == "subtitle":
+                    if pkt.size:
+                        sub_packets.append(pkt)
+                    continue
+                try:
+                    frames = pkt.decode()
+                except av.error.FFmpegError:
+                    errors += 1
+                    continue
+                for frame in frames:
+                    t = (frame.time - offset) if frame.time is not None else n_frames / rate
+                    n_frames += 1
+                    last_t = max(last_t, t)
+                    raw.extend(cutter.push(t, frame))
+        except av.error.FFmpegError as e:
+            errors += 1
+            log.warning("%s: stopped reading after %d frames: %s", path, n_frames, e)
+        raw.extend(cutter.flush(1.0 / rate))
+        width, height = vs.codec_context.width, vs.codec_context.height
+        cues = _embedded_cues(sub_packets, offset) if with_text else []
+    if n_frames == 0:
+        raise VideoReadError(path, "no decodable video frames")
+    source = "embedded" if cues else "none"
+    if with_text and not cues and (sidecar := subtitles.find_sidecar(path)) is not None:
+        try:
+            cues, source = subtitles.read_sidecar(sidecar), "sidecar"
+        except subtitles.SubtitleError as e:
+            log.warning("%s: ignoring sidecar subtitles: %s", path, e)
+    clips = [Clip(i, round(t0, 3), round(t1, 3), frames, subtitles.text_in_window(cues, t0, t1),
+                  truth.segment_at((t0 + t1) / 2) if truth else None)
+             for i, t0, t1, frames in sorted(raw, key=lambda r: r[0])]
+    return VideoClips(str(path), clips, cues, source, truth, last_t + 1.0 / rate, errors, width, height)
+
+
+def list_videos(directory: str | Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no such directory: {directory}")
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+                  and not p.name.startswith("."))
+
+
+@dataclass
+class CorpusRead:
+    videos: list[VideoClips] = field(default_factory=list)
+    failures: list[VideoReadError] = field(default_factory=list)
+
+
+def _read_or_error(args) -> VideoClips | VideoReadError:
+    path, spec, stride = args
+    try:
+        return read_video(path, spec, stride=stride)
+    except VideoReadError as e:
+        return e
+
+
+def read_corpus(directory: str | Path, spec: ClipSpec = ClipSpec(), workers: int = 1,
+                progress: bool = True, limit: int | None = None, stride: float | None = None) -> CorpusRead:
+    """Read every video under `directory`; failures are collected per file, never raised."""
+    from tqdm import tqdm
+
+    paths = list_videos(directory)[:limit]
+    result = CorpusRead()
+    jobs = [(p, spec, stride) for p in paths]
+    bar = tqdm(total=len(jobs), desc="reading videos", unit="video", disable=not progress)
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            outcomes = []
+            for o in pool.imap(_read_or_error, jobs):
+                outcomes.append(o)
+                bar.update()
+    else:
+        outcomes = []
+        for j in jobs:
+            outcomes.append(_read_or_error(j))
+            bar.update()
+    bar.close()
+    for o in outcomes:
+        if isinstance(o, VideoReadError):
+            log.warning("skipping %s", o)
+            result.failures.append(o)
+        else:
+            result.videos.append(o)
+    return result

