@@ -72,7 +72,7 @@ def cmd_eval_encoder(a: argparse.Namespace) -> int:
     from videobert.evaluate import evaluate_encoder
 
     r = evaluate_encoder(a.encoder, a.vocab, a.data, n=a.n, seed=a.seed, device=a.device or "cpu",
-                         workers=a.workers, progress=not a.quiet, baseline=not a.no_baseline)
+                         workers=a.workers, progress=not a.quiet, baseline=not a.no_baseline, fit_data=a.fit_data)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(r, indent=1))
@@ -140,11 +140,15 @@ def cmd_tag(a: argparse.Namespace) -> int:
 
 
 def cmd_eval_zero_shot(a: argparse.Namespace) -> int:
-    from videobert.tagging import Tagger, evaluate_zero_shot, format_zero_shot
+    from videobert.tagging import Tagger, evaluate_alignment, evaluate_zero_shot, format_zero_shot
     from videobert.train_encoder import default_device
 
     tagger = Tagger(a.model, device=a.device or str(default_device()))
     r = evaluate_zero_shot(tagger, a.data, progress=not a.quiet)
+    try:
+        r.update(evaluate_alignment(tagger, a.data, progress=not a.quiet))
+    except ValueError as e:  # no narration in these sidecars: the zero-shot figures stand on their own
+        log.info("no alignment figure: %s", e)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(r, indent=1))
@@ -279,10 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--out", required=True, help="checkpoint directory (resumed if it holds an unfinished run)")
     tb.add_argument("--steps", type=int, default=1500)
     tb.add_argument("--batch-size", type=int, default=32)
-    tb.add_argument("--lr", type=float, default=1e-4)
+    tb.add_argument("--lr", type=float, default=2e-4)
     tb.add_argument("--objectives", default="text,video,align", help="comma list of text, video, align (ablations)")
-    tb.add_argument("--mix", type=float, nargs=3, default=(0.6, 0.2, 0.2), metavar=("CROSS", "TEXT", "VIDEO"),
-                    help="share of cross-modal, text-only and video-only sequences (default 0.6 0.2 0.2)")
+    tb.add_argument("--mix", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("CROSS", "TEXT", "VIDEO"),
+                    help="share of cross-modal, text-only and video-only sequences (default 0.7 0.1 0.2)")
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--restart", action="store_true", help="ignore an unfinished run in --out and start over")
     tb.add_argument("--device", default=None)
@@ -336,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--seed", type=int, default=0)
     ee.add_argument("--json", default=None, help="write the results here")
     ee.add_argument("--no-baseline", action="store_true", help="skip the untrained encoder")
+    ee.add_argument("--fit-data", default=None,
+                    help="videos to fit the untrained encoder's words on (default: those --vocab was fit on)")
     ee.add_argument("--device", default=None)
     ee.add_argument("--workers", type=int, default=_workers_default())
     ee.add_argument("-q", "--quiet", action="store_true")

@@ -8,4 +8,15 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 MODEL_DIR=${VBS_MODEL_DIR:-models/demo}
 .venv/bin/vbs train demo --out "$MODEL_DIR" "$@" > /dev/null
 cat "$MODEL_DIR/model_card.md"
+video=$(ls "$MODEL_DIR"/data/heldout/*.mp4 | head -n 1)
+echo
+echo "Tagging the held-out demo video $video (first 5 clips of the JSON lines; all in $MODEL_DIR/demo_tags.jsonl):"
+.venv/bin/vbs tag "$video" --model "$MODEL_DIR" --out "$MODEL_DIR/demo_tags.jsonl"
+head -n 5 "$MODEL_DIR/demo_tags.jsonl" | .venv/bin/python -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    top = {slot: ranked[0]["label"] for slot, ranked in r["labels"].items()}
+    t0, t1, align, sub = r["t0"], r["t1"], r["alignment"], r["subtitle"]
+    print(f"{t0:6.1f}-{t1:5.1f} s  {top}  alignment={align}  subtitle={sub!r}")'
 echo "model: $MODEL_DIR (model_card.json has every figure)"

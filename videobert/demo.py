@@ -21,7 +21,7 @@ from videobert.corpus import make_corpus
 from videobert.evaluate import evaluate_encoder
 from videobert.kmeans import KMeansConfig
 from videobert.pretrain import PretrainConfig, pretrain
-from videobert.tagging import Tagger, evaluate_zero_shot
+from videobert.tagging import Tagger, evaluate_alignment, evaluate_zero_shot
 from videobert.train_encoder import EncoderTrainConfig, default_device, train_encoder
 from videobert.visual_words import fit_vocab
 
@@ -45,7 +45,7 @@ class Preset:
 PRESETS = {
     # many short videos beat few long ones: each video brings a new background and new scenes
     "quick": Preset(train_videos=200, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=6,
-                    vocab_depth=2, vocab_branching=12, pretrain_steps=600),
+                    vocab_depth=2, vocab_branching=12, pretrain_steps=500),
     "full": Preset(train_videos=800, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=10,
                    vocab_depth=2, vocab_branching=12, pretrain_steps=3000),
 }
@@ -88,14 +88,18 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
                                                              workers=workers))
     eval_path = out / "eval_encoder.json"
     step("eval_encoder", eval_path, lambda: eval_path.write_text(json.dumps(evaluate_encoder(
-        enc_dir, vocab_dir, held_dir, device=dev, workers=workers), indent=1)))
+        enc_dir, vocab_dir, held_dir, device=dev, workers=workers, fit_data=train_dir), indent=1)))
     vb_dir = out / "videobert"
     pre_cfg = PretrainConfig(steps=p.pretrain_steps, seed=seed)
     step("videobert", vb_dir / "pretrain_summary.json", lambda: pretrain(
         train_dir, enc_dir, vocab_dir, vb_dir, pre_cfg, device=dev, workers=workers, restart=force))
     zs_path = out / "eval_zero_shot.json"
-    step("eval_zero_shot", zs_path, lambda: zs_path.write_text(json.dumps(evaluate_zero_shot(
-        Tagger(out, device=dev), held_dir), indent=1)))
+    def eval_zero_shot() -> None:
+        tagger = Tagger(out, device=dev)
+        zs_path.write_text(json.dumps({**evaluate_zero_shot(tagger, held_dir), **evaluate_alignment(tagger, held_dir)},
+                                      indent=1))
+
+    step("eval_zero_shot", zs_path, eval_zero_shot)
 
     previous = json.loads((out / "model_card.json").read_text()) if (out / "model_card.json").is_file() else {}
     card = {
@@ -135,6 +139,8 @@ def model_card_markdown(card: dict) -> str:
                 f"| top-1 | {zs['verb_top1']:.3f} | {zs['noun_top1']:.3f} | {zs['both_top1']:.3f} |",
                 f"| top-3 | {zs['verb_top3']:.3f} | {zs['noun_top3']:.3f} | |",
                 "| chance top-1 | 0.125 | 0.167 | 0.021 |", "",
+                f"Alignment of narration with the picture (held-out, ROC AUC): {zs.get('alignment_auc', float('nan')):.3f} "
+                f"over {zs.get('pairs', 0)} lines (chance 0.5).", "",
                 f"{zs['n_segments']} segments of {card['heldout_encoder_eval']['data']}; template "
                 "\"now let me show you how to [MASK] the [MASK]\", slots restricted to the 8 verbs and 6 nouns.", ""]
     lines += [f"| chance / majority | {t['chance_r_at_1']:.2f} | {t['chance_r_at_5']:.2f} | | "

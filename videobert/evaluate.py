@@ -3,6 +3,7 @@ the visual words with respect to verb and noun, side by side with the same archi
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -67,15 +68,20 @@ def retrieval(clip_emb: torch.Tensor, text_emb: torch.Tensor, pairs: list[tuple[
 
 def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data: str | Path, n: int = 100,
                      seed: int = 0, device: str = "cpu", workers: int = 1, progress: bool = True,
-                     baseline: bool = True) -> dict:
+                     baseline: bool = True, fit_data: str | Path | None = None) -> dict:
     """Retrieval and purity of a trained encoder on `data`, and (baseline=True) of the same architecture
-    with random weights. The baseline's words are fit on the held-out clips themselves, which flatters it."""
+    with random weights. Words are fit on `fit_data` (default: the data the vocabulary was fit on, else
+    `data` itself) with the vocabulary's k-means settings, so both encoders are measured alike."""
     embedder, spec, meta = load_embedder(encoder_dir, device)
     cs = load_clipset(data, spec, workers=workers, progress=progress)
+    if fit_data is None and vocab_dir and (Path(vocab_dir) / "vocab.json").is_file():
+        fit_data = json.loads((Path(vocab_dir) / "vocab.json").read_text()).get("data")
+    fit_cs = load_clipset(fit_data, spec, workers=workers, progress=progress) if fit_data else cs
     pairs = retrieval_pairs(cs)
     texts = SentenceEncoder(device).encode([q for q, _ in pairs])
     labelled = cs.labelled()
-    result = {"data": str(data), "clips": len(cs), "labelled_clips": int(len(labelled)), "retrieval_pairs": len(pairs)}
+    result = {"data": str(data), "clips": len(cs), "labelled_clips": int(len(labelled)), "retrieval_pairs": len(pairs),
+              "words_fit_on": str(fit_data or data)}
 
     def measure(model: ClipEmbedder, km: HierarchicalKMeans | None) -> dict:
         emb = model.embed(cs.frames, device=device)
@@ -83,7 +89,8 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
             queries = model.embed_text(texts.to(device)).cpu()
         r = retrieval(emb, queries, pairs, n=n, seed=seed, verbs=cs.verb, nouns=cs.noun)
         if km is None:
-            km = HierarchicalKMeans.fit(emb, kmeans_cfg, device=device)
+            fit_emb = emb if fit_cs is cs else model.embed(fit_cs.frames, device=device)
+            km = HierarchicalKMeans.fit(fit_emb, kmeans_cfg, device=device)
         words = km.encode(emb.to(device)).cpu().numpy()[labelled]
         r.update(purity_verb=purity(words, [cs.verb[i] for i in labelled]),
                  purity_noun=purity(words, [cs.noun[i] for i in labelled]), vocab_size=km.vocab_size,

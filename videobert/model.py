@@ -93,11 +93,17 @@ class VideoBertForPreTraining(nn.Module):
     def from_minilm(cls, config: VideoBertConfig, seed: int = 0) -> "VideoBertForPreTraining":
         """BERT weights from the installed MiniLM; new rows ([>], visual words) drawn around the mean word."""
         from transformers import BertModel
+        from transformers.utils import logging as hf_logging
 
         from videobert.text import _offline, minilm_path
 
         _offline()
-        base = BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # MiniLM's unused pooler weights are expected, not news
+        try:
+            base = BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         if base.config.hidden_size != config.hidden_size or base.config.num_hidden_layers < config.num_layers:
             raise ValueError(f"MiniLM ({base.config.hidden_size} hidden, {base.config.num_hidden_layers} layers) "
                              f"does not fit config ({config.hidden_size} hidden, {config.num_layers} layers)")
@@ -112,6 +118,33 @@ class VideoBertForPreTraining(nn.Module):
         if unexpected or [m for m in missing if "position_ids" not in m]:
             raise RuntimeError(f"MiniLM weights did not fit: missing={missing} unexpected={unexpected}")
         return model
+
+    @torch.no_grad()
+    def init_visual_words(self, pairs: list[tuple[list[int], list[int]]], token_weight: dict[int, float],
+                          mix: float = 0.5) -> int:
+        """Start each visual word near the words spoken over it: its embedding becomes (1 - mix) x its random
+        start + mix x the weighted mean input embedding of the text tokens paired with it (weights: how
+        grounded each token is). Returns how many visual words were initialised this way."""
+        emb = self.bert.embeddings.word_embeddings.weight  # (V, H)
+        o = self.config.visual_offset
+        acc = torch.zeros(self.config.visual_vocab_size, emb.shape[1])
+        total = torch.zeros(self.config.visual_vocab_size)
+        for text_ids, words in pairs:
+            if not text_ids:
+                continue
+            w = torch.tensor([token_weight.get(t, 0.0) for t in text_ids])
+            if w.sum() <= 0:
+                continue
+            vec = (w[:, None] * emb[text_ids].cpu()).sum(0) / w.sum()
+            for v in words:
+                acc[v] += vec
+                total[v] += 1
+        seen = total > 0
+        if seen.any():
+            target = acc[seen] / total[seen, None]
+            rows = torch.nonzero(seen).squeeze(1) + o
+            emb[rows] = (1 - mix) * emb[rows] + mix * target.to(emb.device) * (emb[:o].norm(dim=1).mean() / target.norm(dim=1).mean())
+        return int(seen.sum())
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor,
                 mlm_labels: torch.Tensor | None = None, align_labels: torch.Tensor | None = None) -> VideoBertOutput:

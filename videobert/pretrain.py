@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from videobert.clipset import ClipSet, load_clipset
-from videobert.model import VideoBertConfig, VideoBertForPreTraining
+from videobert.model import IGNORE, VideoBertConfig, VideoBertForPreTraining
 from videobert.sequences import Example, SequenceBuilder, collate
 from videobert.text import load_tokenizer
 from videobert.train_encoder import default_device
@@ -28,10 +28,10 @@ log = logging.getLogger(__name__)
 class PretrainConfig:
     steps: int = 1500
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float = 2e-4
     warmup_steps: int = 100
     weight_decay: float = 0.01
-    mix: dict = field(default_factory=lambda: {"cross": 0.6, "text": 0.2, "video": 0.2})  # sequence kinds
+    mix: dict = field(default_factory=lambda: {"cross": 0.7, "text": 0.1, "video": 0.2})  # sequence kinds
     objectives: tuple = ("text", "video", "align")  # which losses; ablations switch some off
     negative_prob: float = 0.5  # cross-modal sequences whose video is swapped for an alignment negative
     text_mask_prob: float = 0.15
@@ -41,6 +41,7 @@ class PretrainConfig:
     video_run: tuple = (3, 8)  # lengths of video-only sequences (consecutive clips)
     pair_context_s: float = 0.5  # a line is paired with the clips overlapping it, widened by this much
     checkpoint_every: int = 250
+    init_visual_from_text: bool = True  # start visual words near the grounded words spoken over them
     num_layers: int = 6
     seed: int = 0
 
@@ -96,7 +97,9 @@ def sample_example(corpus: Corpus, builder: SequenceBuilder, cfg: PretrainConfig
         w = corpus.words[other]
         s = int(rng.integers(0, max(1, len(w) - len(video) + 1)))
         ids, types = builder.build(text_ids, w[s:s + len(video)].tolist())
-        return Example(ids, types, [-100] * len(ids), 0)
+        # masked exactly like a positive, so [MASK] tokens cannot give the answer away; nothing to predict
+        ex = builder.mask_example(ids, types, rng, text_p, video_p, align=0)
+        return Example(ex.ids, ex.types, [IGNORE] * len(ex.ids), 0)
     ids, types = builder.build(text_ids, video)
     return builder.mask_example(ids, types, rng, text_p, video_p, align=1 if "align" in cfg.objectives else -1)
 
@@ -114,11 +117,15 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
     mcfg = VideoBertConfig(visual_vocab_size=vt.vocab_size, num_layers=cfg.num_layers)
     builder = SequenceBuilder(load_tokenizer(), mcfg, cfg.max_text_tokens)
     corpus = build_corpus(cs, vt, builder, cfg)
-    builder.fit_grounding([(t, corpus.words[vi][clips].tolist()) for t, vi, clips in corpus.pairs])
+    step_pairs = [(t, corpus.words[vi][clips].tolist()) for t, vi, clips in corpus.pairs]
+    builder.fit_grounding(step_pairs)
     log.info("pretraining on %d videos, %d clips, %d narration lines", len(corpus.words), len(cs), len(corpus.pairs))
 
     model = (VideoBertForPreTraining.from_minilm(mcfg, seed=cfg.seed) if init == "minilm"
              else VideoBertForPreTraining(mcfg)).to(device)
+    if cfg.init_visual_from_text and step_pairs:
+        n = model.init_visual_words(step_pairs, builder.weight)
+        log.info("initialised %d of %d visual words from the narration spoken over them", n, mcfg.visual_vocab_size)
     no_decay = ("bias", "LayerNorm.weight", "norm.weight")
     groups = [{"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
                "weight_decay": cfg.weight_decay},

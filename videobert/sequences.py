@@ -64,7 +64,8 @@ class SequenceBuilder:
                         cells += 1
                         mi += c / n * math.log((c / n) / (p_side * cw / n))
             mi -= (cells - len(p_w) - 1) / (2 * n)  # Miller-Madow: (cells - rows - cols + 1) / 2n
-            self.weight[t] = floor + max(0.0, mi) / h
+            shrink = n1 / (n1 + 100.0)  # a token seen a few times cannot show much grounding
+            self.weight[t] = floor + shrink * max(0.0, mi) / h
 
     def visual(self, words: list[int]) -> list[int]:
         return [self.cfg.visual_offset + int(w) for w in words]

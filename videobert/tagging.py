@@ -138,35 +138,75 @@ def segment_windows(t0: float, t1: float, seconds: float = 1.5) -> list[tuple[fl
     return [(t0 + k * step, t0 + k * step + seconds) for k in range(n)]
 
 
+def _segment_words_of(visual: VisualTokenizer, path: Path, truth) -> dict[int, list[int]]:
+    """Visual words of the windows that tile each ground-truth segment of one video: {segment index: words}."""
+    windows = sorted((w, si) for si, seg in enumerate(truth.segments)
+                     for w in segment_windows(seg.t0, seg.t1, visual.spec.seconds))
+    v = read_video(path, visual.spec, windows=[w for w, _ in windows], with_text=False)
+    if not v.clips:
+        return {}
+    words = visual.tokens(np.stack([c.frames for c in v.clips])).tolist()
+    by_seg: dict[int, list[int]] = {}
+    for c, w in zip(v.clips, words):
+        by_seg.setdefault(windows[c.index][1], []).append(w)
+    return by_seg
+
+
+def _labelled_videos(data: str | Path, progress: bool, desc: str):
+    from tqdm import tqdm
+
+    from videobert.reader import list_videos, load_truth
+
+    for path in tqdm(list_videos(data), desc=desc, unit="video", disable=not progress):
+        truth = load_truth(path)
+        if truth is not None:
+            yield path, truth
+
+
 def segment_words(visual: VisualTokenizer, data: str | Path, progress: bool = True,
                   failures: list[str] | None = None) -> list[tuple[Segment, list[int]]]:
     """Every ground-truth segment under `data` with the visual words of the windows that tile it. Videos
     without a sidecar .json are skipped; unreadable ones are added to `failures`."""
-    from tqdm import tqdm
-
-    from videobert.reader import VideoReadError, list_videos, load_truth
+    from videobert.reader import VideoReadError
 
     out: list[tuple[Segment, list[int]]] = []
-    for path in tqdm(list_videos(data), desc="segments", unit="video", disable=not progress):
-        truth = load_truth(path)
-        if truth is None:
-            continue
-        windows = sorted((w, si) for si, seg in enumerate(truth.segments)
-                         for w in segment_windows(seg.t0, seg.t1, visual.spec.seconds))
+    for path, truth in _labelled_videos(data, progress, "segments"):
         try:
-            v = read_video(path, visual.spec, windows=[w for w, _ in windows], with_text=False)
+            by_seg = _segment_words_of(visual, path, truth)
         except VideoReadError as e:
             if failures is not None:
                 failures.append(str(e))
             continue
-        if not v.clips:
-            continue
-        words = visual.tokens(np.stack([c.frames for c in v.clips])).tolist()
-        by_seg: dict[int, list[int]] = {}
-        for c, w in zip(v.clips, words):
-            by_seg.setdefault(windows[c.index][1], []).append(w)
         out += [(truth.segments[si], ws) for si, ws in sorted(by_seg.items())]
     return out
+
+
+def evaluate_alignment(tagger: Tagger, data: str | Path, seed: int = 0, progress: bool = True) -> dict:
+    """Linguistic-visual alignment on held-out videos: each correct narration line scored with the visual
+    words of its own segment (positive) and of a segment of the same video showing another verb and noun
+    (negative). Reports the ROC AUC of the alignment score (chance 0.5)."""
+    rng = np.random.default_rng(seed)
+    texts, words, labels = [], [], []
+    for path, truth in _labelled_videos(data, progress, "alignment"):
+        by_seg = _segment_words_of(tagger.visual, path, truth)
+        for line in truth.narration:
+            if line.kind != "instruction" or line.segment not in by_seg:
+                continue
+            seg = truth.segments[line.segment]
+            others = [si for si in by_seg if truth.segments[si].verb != seg.verb and truth.segments[si].noun != seg.noun]
+            if not others:
+                continue
+            texts += [line.text, line.text]
+            words += [by_seg[line.segment], by_seg[others[rng.integers(len(others))]]]
+            labels += [1, 0]
+    if not labels:
+        raise ValueError(f"{data}: no narration lines with ground truth to align")
+    scores = [r["alignment"] for s in range(0, len(texts), 64)
+              for r in tagger.score(words[s:s + 64], texts[s:s + 64])]
+    pos = np.array([sc for sc, y in zip(scores, labels) if y == 1])
+    neg = np.array([sc for sc, y in zip(scores, labels) if y == 0])
+    auc = float(((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()))
+    return {"alignment_auc": round(auc, 4), "pairs": len(pos), "chance": 0.5}
 
 
 def evaluate_zero_shot(tagger: Tagger, data: str | Path, progress: bool = True, batch_size: int = 64) -> dict:
@@ -202,7 +242,10 @@ def format_zero_shot(r: dict) -> str:
     rows = [("", "verb", "noun", "both"), ("top-1", f"{r['verb_top1']:.3f}", f"{r['noun_top1']:.3f}", f"{r['both_top1']:.3f}"),
             ("top-3", f"{r['verb_top3']:.3f}", f"{r['noun_top3']:.3f}", ""),
             ("chance top-1", "0.125", "0.167", "0.021")]
-    return "\n".join("  ".join(c.rjust(12) for c in row) for row in rows) + f"\n({r['n_segments']} segments)"
+    text = "\n".join("  ".join(c.rjust(12) for c in row) for row in rows) + f"\n({r['n_segments']} segments)"
+    if "alignment_auc" in r:
+        text += f"\nalignment AUC {r['alignment_auc']:.3f} over {r['pairs']} narration lines (chance 0.5)"
+    return text
 
 
 def write_jsonl(rows: list[dict], fh) -> None:

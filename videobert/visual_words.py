@@ -61,6 +61,7 @@ def fit_vocab(data: str | Path, encoder_dir: str | Path, out: str | Path, config
     used = Counter(words.tolist())
     summary = {"clips": len(cs), "vocab_size": km.vocab_size, "words_used": len(used),
                "depth": config.depth, "branching": config.branching, "encoder": str(Path(encoder_dir).resolve()),
+               "data": str(Path(data).resolve()),
                "seconds": round(time.perf_counter() - start, 1)}
     labelled = cs.labelled()
     if len(labelled):

@@ -45,7 +45,7 @@ def test_grounding_weights_favour_words_the_picture_predicts():
 
 def test_masking_labels_only_masked_positions_and_prefers_grounded_words():
     b = builder()
-    lines = [f"now let me show you how to {v} the circle" for v in ("grow", "shrink", "lift", "drop")] * 5
+    lines = [f"now let me show you how to {v} the circle" for v in ("grow", "shrink", "lift", "drop")] * 100
     b.fit_grounding([(b.text_ids(line), [k % 4]) for k, line in enumerate(lines)])
     rng = np.random.default_rng(0)
     counts = {}

@@ -1,0 +1,114 @@
+"""The whole recipe end to end through the `vbs` command, on a small generated corpus: corpus -> encoder ->
+visual words -> VideoBERT -> tags and evaluations on held-out videos of another seed."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from videobert import world
+
+pytestmark = pytest.mark.slow
+
+
+def vbs(*args, timeout=900):
+    r = subprocess.run([sys.executable, "-m", "ops.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"vbs {' '.join(map(str, args))} failed:\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    train, held = root / "data" / "train", root / "data" / "heldout"
+    vbs("corpus", "make", "--out", train, "--videos", 40, "--seed", 31, "--min-seconds", 10, "--max-seconds", 15, "-q")
+    vbs("corpus", "make", "--out", held, "--videos", 10, "--seed", 1031, "--min-seconds", 15, "--max-seconds", 30, "-q")
+    vbs("train", "encoder", "--data", train, "--out", root / "encoder", "--epochs", 6, "-q")
+    vbs("train", "vocab", "--data", train, "--encoder", root / "encoder", "--out", root / "vocab", "--depth", 1,
+        "--branching", 24, "-q")
+    vbs("train", "videobert", "--data", train, "--encoder", root / "encoder", "--vocab", root / "vocab",
+        "--out", root / "videobert", "--steps", 60, "--batch-size", 16, "-q")
+    return root
+
+
+def test_the_trained_encoder_beats_chance_on_held_out_videos(model):
+    out = vbs("eval", "encoder", "--encoder", model / "encoder", "--vocab", model / "vocab", "--data",
+              model / "data" / "heldout", "--n", 40, "--json", model / "enc.json", "-q")
+    r = json.loads((model / "enc.json").read_text())
+    assert "trained" in out and "untrained" in out
+    assert r["trained"]["n"] >= 30, "enough held-out narration to rank among"
+    assert r["trained"]["r_at_5"] >= 2 * r["trained"]["chance_r_at_5"], r["trained"]
+    assert r["trained"]["r_at_5"] > r["untrained"]["r_at_5"]
+
+
+def test_tag_writes_one_line_per_clip_with_the_documented_fields(model):
+    video = sorted((model / "data" / "heldout").glob("*.mp4"))[0]
+    truth = json.loads(video.with_suffix(".json").read_text())
+    rows = [json.loads(line) for line in vbs("tag", video, "--model", model).splitlines()]
+    assert len(rows) == int(truth["duration"] // 1.5)
+    for k, row in enumerate(rows):
+        assert set(row) == {"t0", "t1", "labels", "alignment", "subtitle"}
+        assert (row["t0"], row["t1"]) == (1.5 * k, 1.5 * k + 1.5)
+        assert [x["label"] for x in sorted(row["labels"]["verb"], key=lambda x: x["label"])] == sorted(world.VERBS)
+        assert {x["label"] for x in row["labels"]["noun"]} == set(world.NOUNS)
+        scores = [x["score"] for x in row["labels"]["verb"]]
+        assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-3
+        assert (row["alignment"] is None) == (row["subtitle"] == "")
+        if row["alignment"] is not None:
+            assert 0 <= row["alignment"] <= 1
+
+
+def test_tag_with_user_label_sets_and_a_bad_label(model, tmp_path):
+    video = sorted((model / "data" / "heldout").glob("*.mp4"))[0]
+    rows = [json.loads(line) for line in vbs("tag", video, "--model", model, "--template", "watch me [MASK] it",
+                                             "--slot", "action=grow,shrink", "--embedding").splitlines()]
+    assert set(rows[0]["labels"]) == {"action"} and len(rows[0]["embedding"]) == 384
+    r = subprocess.run([sys.executable, "-m", "ops.cli", "tag", str(video), "--model", str(model), "--slot",
+                        "verb=grow,photosynthesize", "--slot", "noun=star"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "'photosynthesize' of slot 'verb' is not a single WordPiece token" in r.stderr
+
+
+def test_zero_shot_evaluation_reports_the_protocol_fields(model):
+    out = vbs("eval", "zero-shot", "--model", model, "--data", model / "data" / "heldout", "--json", model / "zs.json", "-q")
+    r = json.loads((model / "zs.json").read_text())
+    n_segments = sum(len(json.loads(p.read_text())["segments"]) for p in (model / "data" / "heldout").glob("*.json")
+                     if p.name != "corpus.json")
+    assert r["n_segments"] == n_segments
+    for k in ("verb_top1", "noun_top1", "both_top1", "verb_top3", "noun_top3"):
+        assert 0 <= r[k] <= 1
+    assert r["verb_top1"] <= r["verb_top3"] and r["both_top1"] <= min(r["verb_top1"], r["noun_top1"])
+    assert "top-1" in out and "chance" in out
+
+
+def test_pretraining_resumes_after_an_interruption(model, tmp_path, monkeypatch):
+    from videobert import pretrain as pre
+
+    cfg = pre.PretrainConfig(steps=30, batch_size=8, checkpoint_every=10)
+    args = (model / "data" / "train", model / "encoder", model / "vocab", tmp_path / "vb")
+    real_collate, calls = pre.collate, {"n": 0}
+
+    def collate_then_die(*a, **kw):  # injected failure: the process is interrupted during step 16
+        calls["n"] += 1
+        if calls["n"] == 16:
+            raise KeyboardInterrupt
+        return real_collate(*a, **kw)
+
+    monkeypatch.setattr(pre, "collate", collate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pre.pretrain(*args, cfg, device="cpu", progress=False)
+    monkeypatch.setattr(pre, "collate", real_collate)
+    summary = pre.pretrain(*args, cfg, device="cpu", progress=False)
+    assert summary["steps"] == 30
+    assert [h["step"] for h in summary["history"]] == [10, 20, 30], "resumed at the step-10 checkpoint"
+    with pytest.raises(ValueError, match="another configuration"):
+        pre.pretrain(*args, pre.PretrainConfig(steps=40, batch_size=8, checkpoint_every=10), device="cpu", progress=False)
+
+
+def test_finetune_compares_pretrained_with_not_pretrained(model):
+    out = vbs("finetune", "--model", model, "--data", model / "data" / "train", "--eval-data", model / "data" / "heldout",
+              "--task", "verb", "--budget", 60, "--epochs", 3, "--json", model / "ft.json", "-q")
+    r = json.loads((model / "ft.json").read_text())
+    for name in ("pretrained", "not_pretrained"):
+        assert 0 <= r[name]["accuracy"] <= 1 and 0 <= r[name]["macro_f1"] <= 1
+    assert r["train_segments"] == 60 and "macro-F1" in out
