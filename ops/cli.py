@@ -181,6 +181,14 @@ def cmd_train_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    """Where a command runs: --device, --workers (processes reading videos) and -q."""
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--workers", type=int, default=_workers_default(),
+                   help="processes reading videos (default: CPU count, max 4)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vbs",
@@ -240,9 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--batch-size", type=int, default=96)
     te.add_argument("--lr", type=float, default=2e-3)
     te.add_argument("--seed", type=int, default=0)
-    te.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    te.add_argument("--workers", type=int, default=_workers_default(), help="processes reading videos")
-    te.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _runtime_args(te)
     te.set_defaults(func=cmd_train_encoder)
 
     tv = train.add_parser("vocab", help="fit the visual words (hierarchical k-means over clip embeddings)",
@@ -255,15 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     tv.add_argument("--branching", type=int, default=12)
     tv.add_argument("--iters", type=int, default=30, help="Lloyd iterations per node")
     tv.add_argument("--seed", type=int, default=0)
-    tv.add_argument("--device", default=None)
-    tv.add_argument("--workers", type=int, default=_workers_default())
-    tv.add_argument("-q", "--quiet", action="store_true")
+    _runtime_args(tv)
     tv.set_defaults(func=cmd_train_vocab)
 
-    td = train.add_parser("demo", help="build the default model in one command (corpus, encoder, visual words, evaluation)",
-                          description="Generate a shapes-world corpus, train the encoder, fit the visual words and "
-                                      "evaluate on held-out videos of another seed; writes model_card.json/.md. "
-                                      "Reuses finished steps in --out unless --force.")
+    td = train.add_parser("demo", help="build the default model in one command (corpus, encoder, words, VideoBERT)",
+                          description="Generate a shapes-world corpus, train the encoder, fit the visual words, pretrain "
+                                      "VideoBERT, and evaluate on held-out videos of another seed; writes "
+                                      "model_card.json/.md. Reuses finished steps in --out unless --force. quick: about "
+                                      "10 minutes on 2 CPU cores; full: a larger corpus and longer training.")
     td.add_argument("--out", required=True)
     td.add_argument("--preset", choices=("quick", "full"), default="quick")
     td.add_argument("--seed", type=int, default=0)
@@ -289,9 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of cross-modal, text-only and video-only sequences (default 0.7 0.1 0.2)")
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--restart", action="store_true", help="ignore an unfinished run in --out and start over")
-    tb.add_argument("--device", default=None)
-    tb.add_argument("--workers", type=int, default=_workers_default())
-    tb.add_argument("-q", "--quiet", action="store_true")
+    _runtime_args(tb)
     tb.set_defaults(func=cmd_train_videobert)
 
     tg = sub.add_parser("tag", help="zero-shot tags for every 1.5 s clip of a video file or URL (JSON lines)",
@@ -342,9 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     ee.add_argument("--no-baseline", action="store_true", help="skip the untrained encoder")
     ee.add_argument("--fit-data", default=None,
                     help="videos to fit the untrained encoder's words on (default: those --vocab was fit on)")
-    ee.add_argument("--device", default=None)
-    ee.add_argument("--workers", type=int, default=_workers_default())
-    ee.add_argument("-q", "--quiet", action="store_true")
+    _runtime_args(ee)
     ee.set_defaults(func=cmd_eval_encoder)
 
     ez = ev.add_parser("zero-shot", help="VideoBERT zero-shot verb/noun accuracy on held-out videos (video only)",
