@@ -102,7 +102,8 @@ def cmd_train_videobert(a: argparse.Namespace) -> int:
     if bad or not objectives:
         raise ValueError(f"--objectives takes a comma list of text, video, align; got {a.objectives!r}")
     mix = {"cross": a.mix[0], "text": a.mix[1], "video": a.mix[2]}
-    cfg = PretrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, objectives=objectives, mix=mix, seed=a.seed)
+    cfg = PretrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, objectives=objectives, mix=mix, seed=a.seed,
+                         init_visual_from_text=not a.no_text_init)
     s = pretrain(a.data, a.encoder, a.vocab, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet,
                  restart=a.restart)
     print(json.dumps({k: v for k, v in s.items() if k != "history"}, indent=1))
@@ -292,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--objectives", default="text,video,align", help="comma list of text, video, align (ablations)")
     tb.add_argument("--mix", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("CROSS", "TEXT", "VIDEO"),
                     help="share of cross-modal, text-only and video-only sequences (default 0.7 0.1 0.2)")
+    tb.add_argument("--no-text-init", action="store_true",
+                    help="start visual words at random instead of near the words spoken over them (for ablations)")
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--restart", action="store_true", help="ignore an unfinished run in --out and start over")
     _runtime_args(tb)

@@ -66,10 +66,14 @@ def load_clipset(directory: str | Path, spec: ClipSpec, workers: int = 1, cache:
         raise FileNotFoundError(f"no videos under {directory} (looked for .mp4, .mkv, .mov, .webm, ...)")
     cache_file = directory / ".vbs_cache" / f"clips-{_key(directory, spec, paths, stride)}.npz"
     if cache and cache_file.is_file():
-        with np.load(cache_file, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            log.info("loaded %d cached clips from %s", len(meta["text"]), cache_file)
-            return _from_meta(z["frames"], meta)
+        return _load_cached(cache_file)
+    if cache and stride is None:  # back-to-back clips are every k-th of a cached run with stride seconds / k
+        for k in (2, 3, 4):
+            finer = directory / ".vbs_cache" / f"clips-{_key(directory, spec, paths, spec.seconds / k)}.npz"
+            if finer.is_file():
+                cs = _load_cached(finer)
+                keep = np.flatnonzero(np.abs(cs.t0 / spec.seconds - np.round(cs.t0 / spec.seconds)) < 1e-6)
+                return _subset(cs, keep)
     read = read_corpus(directory, spec, workers=workers, progress=progress, limit=limit, stride=stride)
     frames, meta = [], {k: [] for k in ("video", "t0", "t1", "text", "bag", "verb", "noun", "color")}
     for vi, v in enumerate(read.videos):
@@ -99,6 +103,22 @@ def load_clipset(directory: str | Path, spec: ClipSpec, workers: int = 1, cache:
         except OSError as e:
             log.warning("could not cache clips in %s: %s", cache_file.parent, e)
     return _from_meta(arr, meta)
+
+
+def _load_cached(path: Path) -> ClipSet:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        log.info("loaded %d cached clips from %s", len(meta["text"]), path)
+        return _from_meta(z["frames"], meta)
+
+
+def _subset(cs: ClipSet, idx: np.ndarray) -> ClipSet:
+    """The clips at `idx` (videos, truths and cues stay whole)."""
+    pick = idx.tolist()
+    return ClipSet(frames=cs.frames[idx], video=cs.video[idx], t0=cs.t0[idx], t1=cs.t1[idx],
+                   text=[cs.text[i] for i in pick], bag=[cs.bag[i] for i in pick], verb=[cs.verb[i] for i in pick],
+                   noun=[cs.noun[i] for i in pick], color=[cs.color[i] for i in pick], videos=cs.videos,
+                   truths=cs.truths, failures=cs.failures, cues=cs.cues)
 
 
 def _from_meta(frames: np.ndarray, meta: dict) -> ClipSet:

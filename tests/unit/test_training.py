@@ -90,3 +90,17 @@ def test_training_without_subtitles_is_a_clear_error(tmp_path):
     _plain_video(tmp_path / "v.mp4")
     with pytest.raises(ValueError, match="need subtitles"):
         train_encoder(tmp_path, tmp_path / "out", EncoderTrainConfig(arch_config=TINY, epochs=1), progress=False)
+
+
+def test_back_to_back_clips_come_from_a_finer_cached_read(tiny_corpus):
+    import shutil
+
+    shutil.rmtree(tiny_corpus / ".vbs_cache", ignore_errors=True)
+    fine = load_clipset(tiny_corpus, ClipSpec(), progress=False, stride=0.75)
+    assert len(list((tiny_corpus / ".vbs_cache").glob("*.npz"))) == 1
+    derived = load_clipset(tiny_corpus, ClipSpec(), progress=False)  # no back-to-back cache: from the finer one
+    assert len(list((tiny_corpus / ".vbs_cache").glob("*.npz"))) == 1, "derived, not decoded again"
+    direct = load_clipset(tiny_corpus, ClipSpec(), progress=False, cache=False)
+    assert len(fine) > len(derived) == len(direct)
+    assert np.array_equal(derived.frames, direct.frames) and derived.t0.tolist() == direct.t0.tolist()
+    assert derived.text == direct.text and derived.verb == direct.verb and derived.bag == direct.bag
