@@ -80,6 +80,18 @@ def cmd_eval_encoder(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_words(a: argparse.Namespace) -> int:
+    from videobert.evaluate import words_probe
+
+    heldout = a.heldout or str(Path(a.model) / "data" / "heldout")
+    r = words_probe(a.model, a.data, heldout, device=a.device or "cpu", progress=not a.quiet)
+    if a.json:
+        Path(a.json).write_text(json.dumps(r, indent=1))
+    print(f"linear probe on bags of {r['vocab_size']} visual words ({r['train_segments']} labelled segments to train, "
+          f"{r['test_segments']} held-out): verb {r['verb_accuracy']:.3f}, noun {r['noun_accuracy']:.3f}")
+    return 0
+
+
 def _encoder_table(r: dict) -> str:
     rows = [("", "R@1", "R@5", "sem R@1", "purity verb", "purity noun", "words")]
     for name in ("trained", "untrained"):
@@ -350,6 +362,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="videos to fit the untrained encoder's words on (default: those --vocab was fit on)")
     _runtime_args(ee)
     ee.set_defaults(func=cmd_eval_encoder)
+
+    ew = ev.add_parser("words", help="how much the visual words know: a supervised linear probe on bags of words",
+                       description="Train a linear classifier with labels on each --data segment's bag of visual words "
+                                   "and score verb and noun accuracy on held-out segments: roughly the ceiling of "
+                                   "zero-shot tagging with these words.")
+    ew.add_argument("--model", required=True)
+    ew.add_argument("--data", required=True, help="labelled training videos")
+    ew.add_argument("--heldout", default=None, help="labelled held-out videos (default MODEL/data/heldout)")
+    ew.add_argument("--json", default=None)
+    ew.add_argument("--device", default=None)
+    ew.add_argument("-q", "--quiet", action="store_true")
+    ew.set_defaults(func=cmd_eval_words)
 
     ez = ev.add_parser("zero-shot", help="VideoBERT zero-shot verb/noun accuracy on held-out videos (video only)",
                        description="The DEMO_WORLD protocol on any directory of videos with ground-truth .json: "

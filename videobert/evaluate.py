@@ -109,3 +109,43 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
             vals = [labels[i] for i in labelled]
             result[f"majority_{key}"] = max(vals.count(v) for v in set(vals)) / len(vals)
     return result
+
+
+def words_probe(model_dir: str | Path, data: str | Path, heldout: str | Path, device: str = "cpu",
+                progress: bool = True, steps: int = 300, seed: int = 0) -> dict:
+    """How much the visual words know: a linear classifier trained *with labels* on each training segment's
+    bag of visual words, scored on held-out segments, for verb and for noun. Zero-shot tagging reads the
+    same words, so this is roughly its ceiling."""
+    from videobert.tagging import ModelPaths, segment_words
+    from videobert.visual_words import VisualTokenizer
+
+    paths = ModelPaths.of(model_dir)
+    visual = VisualTokenizer.load(paths.encoder, paths.vocab, device)
+    train, test = segment_words(visual, data, progress), segment_words(visual, heldout, progress)
+    if not train or not test:
+        raise ValueError(f"need labelled segments in both {data} and {heldout}")
+
+    def bags(segs) -> torch.Tensor:
+        x = torch.zeros(len(segs), visual.vocab_size)
+        for i, (_, words) in enumerate(segs):
+            for w in words:
+                x[i, w] += 1.0 / len(words)
+        return x
+
+    x, xh = bags(train), bags(test)
+    result = {"train_segments": len(train), "test_segments": len(test), "vocab_size": visual.vocab_size}
+    for key in ("verb", "noun"):
+        classes = sorted({getattr(s, key) for s, _ in train + test})
+        y = torch.tensor([classes.index(getattr(s, key)) for s, _ in train])
+        yh = torch.tensor([classes.index(getattr(s, key)) for s, _ in test])
+        torch.manual_seed(seed)
+        lin = torch.nn.Linear(visual.vocab_size, len(classes))
+        opt = torch.optim.Adam(lin.parameters(), lr=0.05)
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(lin(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            result[f"{key}_accuracy"] = round(float((lin(xh).argmax(1) == yh).float().mean()), 4)
+    return result

@@ -9,7 +9,8 @@ import pytest
 from ops.cli import build_parser, main
 
 COMMANDS = [[], ["corpus"], ["corpus", "make"], ["corpus", "read"], ["train"], ["train", "encoder"],
-            ["train", "vocab"], ["train", "demo"], ["eval"], ["eval", "encoder"]]
+            ["train", "vocab"], ["train", "demo"], ["train", "videobert"], ["tag"], ["finetune"], ["eval"],
+            ["eval", "encoder"], ["eval", "zero-shot"], ["eval", "words"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "vbs")

@@ -81,6 +81,13 @@ def test_zero_shot_evaluation_reports_the_protocol_fields(model):
     assert "top-1" in out and "chance" in out
 
 
+def test_words_probe_reports_verb_and_noun(model):
+    out = vbs("eval", "words", "--model", model, "--data", model / "data" / "train", "--json", model / "words.json", "-q")
+    r = json.loads((model / "words.json").read_text())
+    assert 0 <= r["verb_accuracy"] <= 1 and 0 <= r["noun_accuracy"] <= 1 and r["vocab_size"] == 24
+    assert "linear probe" in out
+
+
 def test_pretraining_resumes_after_an_interruption(model, tmp_path, monkeypatch):
     from videobert import pretrain as pre
 
