@@ -8,7 +8,7 @@ import json
 import logging
 import multiprocessing as mp
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -67,7 +67,6 @@ class VideoPlan:
     seed: int
     index: int
     bg_seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def duration(self) -> float:

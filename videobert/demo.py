@@ -51,10 +51,6 @@ PRESETS = {
 }
 
 
-def _done(path: Path) -> bool:
-    return path.is_file()
-
-
 def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: int = 2,
                device: str | None = None, force: bool = False) -> dict:
     if preset not in PRESETS:

@@ -7,6 +7,7 @@ raises VideoReadError for that file only; `read_corpus` records it and moves on.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -90,7 +91,7 @@ class ClipCutter:
         self.spec = spec
         if windows is None:
             step = stride or spec.seconds
-            windows = ((k * step, k * step + spec.seconds) for k in _count())
+            windows = ((k * step, k * step + spec.seconds) for k in itertools.count())
         self._windows: Iterator[tuple[float, float]] = iter(windows)
         self._next: tuple[float, float] | None = next(self._windows, None)
         self._open: list[dict] = []
@@ -144,13 +145,6 @@ class ClipCutter:
         out = self._fill(end, self._prev[1])
         self._open.clear()
         return out
-
-
-def _count() -> Iterator[int]:
-    k = 0
-    while True:
-        yield k
-        k += 1
 
 
 def _embedded_cues(packets: list, offset: float) -> list[Cue]:
