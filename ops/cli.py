@@ -153,15 +153,11 @@ def cmd_tag(a: argparse.Namespace) -> int:
 
 
 def cmd_eval_zero_shot(a: argparse.Namespace) -> int:
-    from videobert.tagging import Tagger, evaluate_alignment, evaluate_zero_shot, format_zero_shot
+    from videobert.tagging import Tagger, evaluate_held_out, format_zero_shot
     from videobert.train_encoder import default_device
 
     tagger = Tagger(a.model, device=a.device or str(default_device()))
-    r = evaluate_zero_shot(tagger, a.data, progress=not a.quiet)
-    try:
-        r.update(evaluate_alignment(tagger, a.data, progress=not a.quiet))
-    except ValueError as e:  # no narration in these sidecars: the zero-shot figures stand on their own
-        log.info("no alignment figure: %s", e)
+    r = evaluate_held_out(tagger, a.data, progress=not a.quiet)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(r, indent=1))

@@ -21,7 +21,7 @@ from videobert.corpus import make_corpus
 from videobert.evaluate import evaluate_encoder
 from videobert.kmeans import KMeansConfig
 from videobert.pretrain import PretrainConfig, pretrain
-from videobert.tagging import Tagger, evaluate_alignment, evaluate_zero_shot
+from videobert.tagging import Tagger, evaluate_held_out
 from videobert.train_encoder import EncoderTrainConfig, default_device, train_encoder
 from videobert.visual_words import fit_vocab
 
@@ -90,10 +90,9 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
     step("videobert", vb_dir / "pretrain_summary.json", lambda: pretrain(
         train_dir, enc_dir, vocab_dir, vb_dir, pre_cfg, device=dev, workers=workers, restart=force))
     zs_path = out / "eval_zero_shot.json"
+
     def eval_zero_shot() -> None:
-        tagger = Tagger(out, device=dev)
-        zs_path.write_text(json.dumps({**evaluate_zero_shot(tagger, held_dir), **evaluate_alignment(tagger, held_dir)},
-                                      indent=1))
+        zs_path.write_text(json.dumps(evaluate_held_out(Tagger(out, device=dev), held_dir), indent=1))
 
     step("eval_zero_shot", zs_path, eval_zero_shot)
 

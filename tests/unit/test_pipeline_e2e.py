@@ -81,6 +81,21 @@ def test_zero_shot_evaluation_reports_the_protocol_fields(model):
     assert "top-1" in out and "chance" in out
 
 
+def test_an_unreadable_held_out_video_is_recorded_not_fatal(model, tmp_path):
+    import shutil
+
+    from videobert.tagging import Tagger, evaluate_held_out
+
+    for p in sorted((model / "data" / "heldout").glob("shapes_*"))[:6]:  # two videos with their .srt and .json
+        shutil.copy(p, tmp_path / p.name)
+    good = sorted(tmp_path.glob("*.json"))[0]
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    shutil.copy(good, tmp_path / "broken.json")
+    r = evaluate_held_out(Tagger(model), tmp_path, progress=False)
+    assert [f.split(":")[0].endswith("broken.mp4") for f in r["failures"]] == [True]
+    assert r["n_segments"] > 0 and "alignment_auc" in r
+
+
 def test_words_probe_reports_verb_and_noun(model):
     out = vbs("eval", "words", "--model", model, "--data", model / "data" / "train", "--json", model / "words.json", "-q")
     r = json.loads((model / "words.json").read_text())
