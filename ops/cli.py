@@ -190,6 +190,49 @@ def cmd_train_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(a: argparse.Namespace) -> int:
+    from ops import up
+
+    return up.run(a, dict(os.environ))
+
+
+def cmd_push(a: argparse.Namespace) -> int:
+    from ops import up
+
+    return up.push(a, dict(os.environ))
+
+
+def _redis_for(a: argparse.Namespace):
+    from actors.keys import Keys, redis_client
+    from schemas.config import Settings
+
+    s = Settings.load(a.config, redis_url=a.redis_url, env=dict(os.environ))
+    return redis_client(s.redis.url), Keys(s.redis.prefix)
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    r, keys = _redis_for(a)
+    ids = [a.id] if a.id else r.zrevrange(keys.streams, 0, a.limit - 1)
+    if a.id and not r.exists(keys.stream(a.id)):
+        raise FileNotFoundError(f"no stream {a.id!r}")
+    for sid in ids:
+        h = r.hgetall(keys.stream(sid))
+        h.pop("token", None)
+        if not a.latest:
+            h.pop("latest", None)
+        print(json.dumps({"stream_id": sid, **h}))
+    return 0
+
+
+def cmd_stop(a: argparse.Namespace) -> int:
+    r, keys = _redis_for(a)
+    if not r.exists(keys.stream(a.id)):
+        raise FileNotFoundError(f"no stream {a.id!r}")
+    r.hset(keys.stream(a.id), "stop", 1)
+    print(f"stop requested for {a.id}; it ends within a heartbeat")
+    return 0
+
+
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     """Where a command runs: --device, --workers (processes reading videos) and -q."""
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
@@ -381,6 +424,44 @@ def build_parser() -> argparse.ArgumentParser:
     ez.add_argument("--device", default=None)
     ez.add_argument("-q", "--quiet", action="store_true")
     ez.set_defaults(func=cmd_eval_zero_shot)
+
+    up = sub.add_parser("up", help="run the service: Redis-fed streaming graph of Ray actors (Ctrl-C stops cleanly)",
+                        description="Start (or join) Ray and run the streaming graph: push stream URLs to the ingest "
+                                    "stream and tags appear in Redis while they play. Redis: --redis-url, else "
+                                    "REDIS_URL, else 127.0.0.1:6379, else a redis-server started for the session.")
+    up.add_argument("--redis-url", default=None, help="redis:// or rediss:// URL (password allowed; never logged)")
+    up.add_argument("--model", default=None, help="model directory (default: model_dir of the config, models/demo)")
+    up.add_argument("--config", default=None, help="TOML config (default: ops/config.toml); fields in schemas/config.py")
+    up.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto or ray://head:10001) "
+                                                     "instead of starting a local Ray")
+    up.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of a local Ray (actors ask for fractions)")
+    up.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
+    up.set_defaults(func=cmd_up)
+
+    pu = sub.add_parser("push", help="queue a stream for tagging (the same job as XADD vbs:ingest)",
+                        description="Add a stream job to the ingest stream. Prints the entry and the stream id.")
+    pu.add_argument("url", help="file path, http(s) (incl. HLS .m3u8), rtsp, rtmp, udp, rtp or srt URL")
+    pu.add_argument("--id", default=None, help="stream id (default: derived from the entry id)")
+    pu.add_argument("--subtitles", default=None, help="sidecar .srt/.vtt URL or path")
+    pu.add_argument("--options", default=None,
+                    help='JSON: {"template": "...", "labels": {"verb": [...]}, "clip_rate": 0.67, "live": true}')
+    pu.add_argument("--redis-url", default=None)
+    pu.add_argument("--config", default=None)
+    pu.set_defaults(func=cmd_push)
+
+    st = sub.add_parser("status", help="status of one stream or the most recent ones (JSON lines)")
+    st.add_argument("id", nargs="?", default=None)
+    st.add_argument("--limit", type=int, default=20)
+    st.add_argument("--latest", action="store_true", help="include the latest result")
+    st.add_argument("--redis-url", default=None)
+    st.add_argument("--config", default=None)
+    st.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("stop", help="stop a stream cleanly")
+    sp.add_argument("id")
+    sp.add_argument("--redis-url", default=None)
+    sp.add_argument("--config", default=None)
+    sp.set_defaults(func=cmd_stop)
     return p
 
 

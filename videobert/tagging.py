@@ -65,11 +65,21 @@ class Tagger:
         self.set_labels(labels or LabelSlots())
 
     def set_labels(self, labels: LabelSlots) -> None:
+        """The default template and label sets (checked now: a bad one is an error at once)."""
+        self.candidates = self.label_ids(labels)
+        self.labels = labels
+
+    def label_ids(self, labels: LabelSlots) -> dict[str, torch.Tensor]:
+        """Token ids of each slot's words; ValueError when the template and the slots disagree or a word is
+        not a single WordPiece token. Cached per label set."""
+        key = (labels.template, tuple((k, tuple(v)) for k, v in labels.slots.items()))
+        cache = self.__dict__.setdefault("_label_cache", {})
+        if key in cache:
+            return cache[key]
         n_masks = labels.template.count("[MASK]")
         if n_masks != len(labels.slots):
             raise ValueError(f"template has {n_masks} [MASK] slot(s) but {len(labels.slots)} label set(s) were given")
-        self.labels = labels
-        self.candidates: dict[str, torch.Tensor] = {}
+        candidates: dict[str, torch.Tensor] = {}
         for slot, words in labels.slots.items():
             ids = []
             for w in words:
@@ -77,29 +87,40 @@ class Tagger:
                 if len(t) != 1:
                     raise ValueError(f"label {w!r} of slot {slot!r} is not a single WordPiece token ({len(t)} pieces)")
                 ids.append(t[0])
-            self.candidates[slot] = torch.tensor(ids, device=self.device)
+            candidates[slot] = torch.tensor(ids, device=self.device)
+        if len(cache) > 256:
+            cache.clear()
+        cache[key] = candidates
+        return candidates
 
     @torch.no_grad()
-    def score(self, words: list[list[int]], subtitles: list[str] | None = None) -> list[dict]:
+    def score(self, words: list[list[int]], subtitles: list[str] | None = None, *,
+              text_ids: list[list[int] | None] | None = None, labels: LabelSlots | None = None) -> list[dict]:
         """For each item's visual words: ranked labels per slot, the alignment of its subtitle (or None) and a
-        fused embedding (mean of the final hidden states over the visual words, unit length)."""
-        seqs = [self.builder.template(self.labels.template, w) for w in words]
+        fused embedding (mean of the final hidden states over the visual words, unit length). Subtitles come as
+        strings or already as WordPiece ids (`text_ids`, what the language stage gives); `labels` overrides
+        the default template and label sets for this call."""
+        slots_ = labels or self.labels
+        candidates = self.label_ids(slots_)
+        if text_ids is None and subtitles:
+            text_ids = [self.builder.text_ids(s) if s else None for s in subtitles]
+        seqs = [self.builder.template(slots_.template, w) for w in words]
         batch = collate([Example(ids, types, [-100] * len(ids), -1) for ids, types, _ in seqs], self.device)
         hidden = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).hidden
         results = []
         for r, (ids, _, slots) in enumerate(seqs):
             labels = {}
-            for (slot, words_), pos in zip(self.labels.slots.items(), slots):
-                lp = self.model.slot_log_probs(hidden[r, pos][None], self.candidates[slot])[0].exp()
+            for (slot, words_), pos in zip(slots_.slots.items(), slots):
+                lp = self.model.slot_log_probs(hidden[r, pos][None], candidates[slot])[0].exp()
                 order = torch.argsort(lp, descending=True).tolist()
                 labels[slot] = [{"label": words_[i], "score": round(float(lp[i]), 4)} for i in order]
             vis = torch.tensor([i >= self.model.config.visual_offset for i in ids], device=self.device)
             emb = torch.nn.functional.normalize(hidden[r, : len(ids)][vis].mean(0), dim=0)
             results.append({"labels": labels, "alignment": None, "embedding": emb.cpu()})
-        if subtitles:
-            texts = [(i, s) for i, s in enumerate(subtitles) if s]
+        if text_ids:
+            texts = [(i, t) for i, t in enumerate(text_ids) if t]
             if texts:
-                pairs = [self.builder.build(self.builder.text_ids(s), words[i]) for i, s in texts]
+                pairs = [self.builder.build(t, words[i]) for i, t in texts]
                 b = collate([Example(ids, types, [-100] * len(ids), -1) for ids, types in pairs], self.device)
                 align = torch.sigmoid(self.model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).align_logits)
                 for (i, _), a in zip(texts, align.tolist()):

@@ -7,29 +7,15 @@ import sys
 
 import pytest
 
+from tests.conftest import vbs
 from videobert import world
 
 pytestmark = pytest.mark.slow
 
 
-def vbs(*args, timeout=900):
-    r = subprocess.run([sys.executable, "-m", "ops.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"vbs {' '.join(map(str, args))} failed:\n{r.stderr[-3000:]}"
-    return r.stdout
-
-
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    train, held = root / "data" / "train", root / "data" / "heldout"
-    vbs("corpus", "make", "--out", train, "--videos", 40, "--seed", 31, "--min-seconds", 10, "--max-seconds", 15, "-q")
-    vbs("corpus", "make", "--out", held, "--videos", 10, "--seed", 1031, "--min-seconds", 15, "--max-seconds", 30, "-q")
-    vbs("train", "encoder", "--data", train, "--out", root / "encoder", "--epochs", 6, "-q")
-    vbs("train", "vocab", "--data", train, "--encoder", root / "encoder", "--out", root / "vocab", "--depth", 1,
-        "--branching", 24, "-q")
-    vbs("train", "videobert", "--data", train, "--encoder", root / "encoder", "--vocab", root / "vocab",
-        "--out", root / "videobert", "--steps", 60, "--batch-size", 16, "-q")
-    return root
+def model(trained_model):
+    return trained_model
 
 
 def test_the_trained_encoder_beats_chance_on_held_out_videos(model):

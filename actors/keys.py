@@ -1,0 +1,50 @@
+"""Redis key names of the streaming graph, all under one configurable prefix (see DESIGN.md, Redis layout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "vbs"
+
+    @property
+    def ingest(self) -> str:  # stream of jobs, read by the supervisors' consumer group
+        return f"{self.prefix}:ingest"
+
+    @property
+    def group(self) -> str:
+        return f"{self.prefix}-supervisors"
+
+    @property
+    def dead(self) -> str:  # stream of jobs and clips that failed for good, with the reason
+        return f"{self.prefix}:dead"
+
+    @property
+    def streams(self) -> str:  # sorted set of every stream id, scored by creation time (listing)
+        return f"{self.prefix}:streams"
+
+    @property
+    def counters(self) -> str:  # hash of pipeline-wide counters (streams by final status, failures by reason)
+        return f"{self.prefix}:counters"
+
+    def stream(self, stream_id: str) -> str:  # hash: status, owner, checkpoint, counters, latest result
+        return f"{self.prefix}:stream:{stream_id}"
+
+    def tags(self, stream_id: str) -> str:  # stream: one entry per clip, id derived from the clip's start
+        return f"{self.prefix}:tags:{stream_id}"
+
+    def live(self, stream_id: str) -> str:  # pub/sub channel of live results and status changes
+        return f"{self.prefix}:live:{stream_id}"
+
+
+def redis_client(url: str):
+    """A redis-py client that retries connection errors with exponential backoff (Redis restarts, blips)."""
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30,
+                                health_check_interval=15, retry=Retry(ExponentialBackoff(cap=5, base=0.1), 8),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])

@@ -1,0 +1,93 @@
+"""The model actors: each wraps one stage of actors/stages.py and batches calls from every stream
+(`max_batch_size`, `max_wait_ms` from config). They are plain async classes; actors/graph.py turns them
+into Ray actors with the CPUs and GPUs (fractions allowed) that the config asks for."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from actors.batching import Batcher
+from schemas.config import StageSettings
+
+log = logging.getLogger(__name__)
+
+
+def _setup(settings: StageSettings, device: str):
+    import torch
+
+    from actors.stages import resolve_device
+
+    torch.set_num_threads(settings.threads)  # Ray's OMP_NUM_THREADS follows num_cpus; we decide on purpose
+    dev = resolve_device(device if settings.num_gpus > 0 or device not in ("auto",) else "cpu")
+    log.info("stage on %s with %d torch threads (pid %d)", dev, settings.threads, os.getpid())
+    return dev
+
+
+class _Batched:
+    name = "stage"
+
+    def _init_batcher(self, stage, settings: StageSettings) -> None:
+        self.stage = stage
+        self.batcher = Batcher(stage, settings.max_batch_size, settings.max_wait_ms / 1000, self.name)
+
+    def stats(self) -> dict:
+        return {"stage": self.name, **self.batcher.stats(), "batch_sizes": list(self.batcher.last_sizes)}
+
+    def ready(self) -> bool:
+        return True
+
+
+class VideoEncoderActor(_Batched):
+    name = "video_encoder"
+
+    def __init__(self, model_dir: str, settings: StageSettings, device: str = "auto"):
+        from actors.stages import VideoEncoderStage
+
+        self._init_batcher(VideoEncoderStage(model_dir, _setup(settings, device)), settings)
+
+    def clip_spec(self) -> dict:
+        s = self.stage.spec
+        return {"seconds": s.seconds, "frames": s.frames, "size": s.size}
+
+    async def encode(self, clip) -> int:
+        """One clip (T, H, W, 3) uint8 -> its visual word."""
+        return await self.batcher.submit(clip)
+
+
+class LanguageActor(_Batched):
+    name = "language"
+
+    def __init__(self, settings: StageSettings):
+        from actors.stages import LanguageStage
+
+        _setup(settings, "cpu")
+        self._init_batcher(LanguageStage(), settings)
+
+    async def encode(self, text: str) -> list[int]:
+        return await self.batcher.submit(text)
+
+
+class FusionActor(_Batched):
+    name = "fusion"
+
+    def __init__(self, model_dir: str, settings: StageSettings, device: str = "auto"):
+        from actors.stages import FusionStage
+
+        self._init_batcher(FusionStage(model_dir, _setup(settings, device)), settings)
+
+    def check_labels(self, template: str | None, labels: dict | None) -> str | None:
+        """None if a stream's template and label sets can be used, else why not."""
+        try:
+            self.stage.label_slots(template, labels)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    async def tag(self, item, text_ids, *words) -> dict:
+        """Tag one clip. `text_ids` and `words` arrive as object refs from the other stages; Ray resolves them
+        before the call, so a clip goes decoder -> encoders -> fusion without waiting in the decoder."""
+        from dataclasses import replace
+
+        item = replace(item, words=tuple(int(w) for w in words), text_ids=tuple(text_ids) if text_ids else None)
+        return await self.batcher.submit(item)

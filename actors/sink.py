@@ -1,0 +1,117 @@
+"""The sink: everything a stream writes to Redis, each change of one event in one server-side script.
+
+Every write is *fenced* by the stream's ownership token: the supervisor hands a stream to a decoder with a
+fresh token, so a decoder that lost its stream (it stalled, or was presumed dead and the stream moved)
+can no longer write anything. Results are idempotent: the entry id of a clip in `vbs:tags:{id}` is derived
+from its start time, and Redis refuses an id that is not greater than the last one, so a clip replayed
+after a resume can never appear twice. Plain class, no Ray: the decoder actor calls it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from actors.keys import Keys
+from schemas.streams import StreamStatus
+
+log = logging.getLogger(__name__)
+
+# KEYS: stream hash, tags stream. ARGV: token, entry id, data, t0, t1, maxlen, now, channel, latency, dropped
+_COMMIT = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
+local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], ARGV[2], 'data', ARGV[3])
+if type(ok) == 'table' and ok.err then return 0 end
+redis.call('HSET', KEYS[1], 'last_t0', ARGV[4], 'last_t1', ARGV[5], 'latest', ARGV[3], 'heartbeat', ARGV[7],
+           'updated_at', ARGV[7])
+redis.call('HINCRBY', KEYS[1], 'clips_tagged', 1)
+if tonumber(ARGV[10]) > 0 then redis.call('HINCRBY', KEYS[1], 'clips_dropped', ARGV[10]) end
+redis.call('PUBLISH', ARGV[8], '{"event":"tag","data":' .. ARGV[3] .. '}')
+return 1
+"""
+
+# KEYS: stream hash. ARGV: token, now, then field/value pairs to set. Returns the stop request or -1.
+_HEARTBEAT = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[1], 'heartbeat', ARGV[2])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return tonumber(redis.call('HGET', KEYS[1], 'stop') or '0')
+"""
+
+# KEYS: stream hash, dead stream, ingest stream, counters hash. ARGV: token, status, error, reason, now, group, entry id,
+# stream id, safe url, maxlen, channel
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'reason', ARGV[4], 'finished_at', ARGV[5],
+           'updated_at', ARGV[5], 'token', '')
+if ARGV[2] == 'failed' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'stream_id', ARGV[8], 'url', ARGV[9],
+             'reason', ARGV[4], 'error', ARGV[3])
+end
+if ARGV[7] ~= '' then redis.call('XACK', KEYS[3], ARGV[6], ARGV[7]) end
+redis.call('HINCRBY', KEYS[4], 'streams_' .. ARGV[2], 1)
+if ARGV[2] == 'failed' then redis.call('HINCRBY', KEYS[4], 'failures:' .. ARGV[4], 1) end
+redis.call('PUBLISH', ARGV[11], '{"event":"status","status":"' .. ARGV[2] .. '"}')
+return 1
+"""
+
+
+class Fenced(Exception):
+    """This worker no longer owns the stream: stop without writing anything more."""
+
+
+def entry_id(t0: float) -> str:
+    """The tags-stream id of the clip starting at t0 seconds: '<milliseconds>-1' (ids must exceed 0-0)."""
+    return f"{int(round(t0 * 1000))}-1"
+
+
+@dataclass
+class Sink:
+    redis: object  # redis.Redis with decode_responses=True
+    keys: Keys
+    tags_maxlen: int = 10_000
+    dead_maxlen: int = 10_000
+
+    def __post_init__(self) -> None:
+        self._commit = self.redis.register_script(_COMMIT)
+        self._heartbeat = self.redis.register_script(_HEARTBEAT)
+        self._finish = self.redis.register_script(_FINISH)
+
+    def commit(self, stream_id: str, token: str, result: dict, dropped: int = 0) -> bool:
+        """Write one clip's result. True if written, False if it was already there (a replay).
+        Raises Fenced if the stream has moved to another owner."""
+        data = json.dumps(result, separators=(",", ":"))
+        r = self._commit(keys=[self.keys.stream(stream_id), self.keys.tags(stream_id)],
+                         args=[token, entry_id(result["t0"]), data, result["t0"], result["t1"], self.tags_maxlen,
+                               f"{time.time():.3f}", self.keys.live(stream_id), result.get("latency_s") or 0, dropped])
+        if r == -1:
+            raise Fenced(stream_id)
+        return r == 1
+
+    def heartbeat(self, stream_id: str, token: str, **fields) -> bool:
+        """Refresh the stream's heartbeat (and set `fields`). Returns whether a stop was requested."""
+        args = [token, f"{time.time():.3f}"]
+        for k, v in fields.items():
+            args += [k, str(v)]
+        r = self._heartbeat(keys=[self.keys.stream(stream_id)], args=args)
+        if r == -1:
+            raise Fenced(stream_id)
+        return bool(r)
+
+    def set_status(self, stream_id: str, token: str, status: StreamStatus, **fields) -> bool:
+        stop = self.heartbeat(stream_id, token, status=status.value, updated_at=f"{time.time():.3f}", **fields)
+        self.redis.publish(self.keys.live(stream_id), json.dumps({"event": "status", "status": status.value}))
+        return stop
+
+    def finish(self, stream_id: str, token: str, status: StreamStatus, *, entry: str = "", error: str = "",
+               reason: str = "", url: str = "") -> None:
+        """End the stream for good: final status, dead-letter entry when it failed, and the ingest job acked,
+        all at once. A stream that has moved on is left alone (Fenced)."""
+        if not status.terminal:
+            raise ValueError(f"finish needs a final status, not {status.value}")
+        r = self._finish(keys=[self.keys.stream(stream_id), self.keys.dead, self.keys.ingest, self.keys.counters],
+                         args=[token, status.value, error[:1000], reason, f"{time.time():.3f}", self.keys.group, entry,
+                               stream_id, url, self.dead_maxlen, self.keys.live(stream_id)])
+        if r == -1:
+            raise Fenced(stream_id)

@@ -1,0 +1,224 @@
+"""Reading one video source as a stream of 1.5 s clips: PyAV with connect and read timeouts, frames sampled
+and resized inside FFmpeg, the subtitle text that overlaps each clip (embedded text stream, else sidecar
+cues), stream time that keeps counting across reconnects of a live source, and a resume point. Plain code,
+no Ray and no Redis: the decoder actor runs one reader per stream in a thread.
+
+Stream time: for a file or VOD it is the media time (seconds from the first frame); for a live source it is
+seconds since the stream was first started (wall clock at connect + media time since that connect), so a
+clip of a reconnected or resumed live stream never reuses the time of an earlier clip."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from actors.url_policy import redact, scheme_of
+from schemas.config import DecoderSettings
+from videobert import subtitles
+from videobert.reader import ClipCutter, ClipSpec
+from videobert.subtitles import Cue
+
+log = logging.getLogger(__name__)
+
+LIVE_SCHEMES = {"udp", "rtp", "srt", "rtmp", "rtmps", "rtsp", "rtsps"}
+TEXT_CODECS = ("mov_text", "subrip", "srt", "ass", "ssa", "webvtt", "text")
+# What FFmpeg may open on behalf of each scheme: an HLS playlist cannot pull in file:// or other protocols.
+_PROTOCOLS = {
+    "http": "http,https,tcp,tls,crypto", "https": "http,https,tcp,tls,crypto",
+    "rtsp": "rtsp,rtp,udp,tcp,tls", "rtsps": "rtsp,rtsps,rtp,udp,tcp,tls",
+    "rtmp": "rtmp,tcp", "rtmps": "rtmps,rtmp,tcp,tls", "udp": "udp", "rtp": "rtp,udp", "srt": "srt",
+    "file": "file",
+}
+
+
+class SourceError(Exception):
+    """A source that cannot be read. `reason` is a short code (a metric label), `retry` whether trying
+    again (a reconnect) can help; the message never holds credentials."""
+
+    def __init__(self, reason: str, message: str, retry: bool = False):
+        super().__init__(message)
+        self.reason, self.retry = reason, retry
+
+
+@dataclass(frozen=True)
+class StreamClip:
+    index: int  # position on the stream's clip grid: t0 = index * stride
+    t0: float
+    t1: float
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    text: str
+    end_wall: float | None  # live: wall time the clip's last moment was on air (for latency); None for files
+
+
+def open_options(url: str, settings: DecoderSettings) -> dict[str, str]:
+    scheme = scheme_of(url)
+    opts = {"protocol_whitelist": _PROTOCOLS.get(scheme, scheme)}
+    us = str(int(settings.read_timeout_s * 1e6))
+    if scheme in ("http", "https"):
+        opts["rw_timeout"] = us
+    elif scheme in ("rtsp", "rtsps"):
+        opts |= {"rtsp_transport": "tcp", "timeout": us}
+    elif scheme in ("udp", "rtp"):
+        opts |= {"timeout": us, "overrun_nonfatal": "1", "fifo_size": "1000000"}
+    elif scheme == "srt":
+        opts |= {"timeout": us}
+    elif scheme in ("rtmp", "rtmps"):
+        opts |= {"rw_timeout": us}
+    if scheme in LIVE_SCHEMES:
+        opts |= {"analyzeduration": "2000000", "probesize": "2000000"}
+    return opts
+
+
+def _classify_open_error(url: str, e: Exception) -> SourceError:
+    msg = str(e).replace(url, redact(url))
+    if isinstance(e, (FileNotFoundError, getattr(av.error, "HTTPNotFoundError", FileNotFoundError))) or "404" in msg:
+        return SourceError("not_found", f"not found: {msg}")
+    if isinstance(e, getattr(av.error, "HTTPForbiddenError", ())) or "403" in msg:
+        return SourceError("forbidden", f"forbidden: {msg}")
+    if isinstance(e, (TimeoutError, av.error.ExitError)) or "timed out" in msg.lower():
+        return SourceError("timeout", f"no answer within the timeout: {msg}", retry=True)
+    if isinstance(e, (ConnectionError, av.error.ConnectionRefusedError)) or "refused" in msg.lower():
+        return SourceError("connection_refused", f"connection refused: {msg}", retry=True)
+    if isinstance(e, av.error.InvalidDataError):
+        return SourceError("invalid_data", f"not a readable video: {msg}")
+    return SourceError("open_failed", f"cannot open: {msg}", retry=True)
+
+
+class SourceReader:
+    """One connection to a source, read into clips on the stream's grid (t0 = k * stride).
+
+    `resume_after`: the t0 of the last clip already delivered (or None): only later clips come out; a file
+    seeks close to it first. `live`: True/False, or None to decide from the source (network schemes that
+    have no duration). `started_at`: wall time the stream first started (live stream time counts from it)."""
+
+    def __init__(self, url: str, spec: ClipSpec, settings: DecoderSettings, *, stride: float | None = None,
+                 resume_after: float | None = None, live: bool | None = None, started_at: float | None = None,
+                 sidecar_cues: list[Cue] | None = None):
+        self.url, self.spec, self.settings = url, spec, settings
+        self.stride = stride or spec.seconds
+        self.resume_after = resume_after
+        self.live_option = live
+        self.started_at = started_at if started_at is not None else time.time()
+        self.sidecar_cues = sidecar_cues or []
+        self.live = bool(live)
+        self.frames_decoded = 0
+        self.decode_errors = 0
+        self.last_progress = time.monotonic()  # the watchdog reads this
+        self.width = self.height = 0
+        self.subtitle_source = "none"
+
+    def _open(self):
+        try:
+            c = av.open(self.url, options=open_options(self.url, self.settings),
+                        timeout=(self.settings.open_timeout_s, self.settings.read_timeout_s))
+        except Exception as e:  # noqa: BLE001 - every open failure becomes a SourceError
+            raise _classify_open_error(self.url, e) from e
+        if not c.streams.video:
+            c.close()
+            raise SourceError("no_video", "the source has no video stream")
+        vs = c.streams.video[0]
+        self.width, self.height = vs.codec_context.width, vs.codec_context.height
+        if self.width * self.height > self.settings.max_frame_pixels:
+            c.close()
+            raise SourceError("frame_too_large", f"frames of {self.width}x{self.height} exceed the limit of "
+                                                 f"{self.settings.max_frame_pixels} pixels")
+        if self.live_option is None:
+            self.live = scheme_of(self.url) in LIVE_SCHEMES or (scheme_of(self.url) != "file" and c.duration is None)
+        return c
+
+    def clips(self) -> Iterator[StreamClip]:
+        """Decode until the source ends. Raises SourceError when it cannot be read (before or mid-stream)."""
+        container = self._open()
+        with container:
+            vs = container.streams.video[0]
+            vs.thread_type = "AUTO"
+            text = [s for s in container.streams.subtitles if s.codec_context.name in TEXT_CODECS][:1]
+            offset = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
+            rate = float(vs.average_rate or 25)
+            if not self.live and self.resume_after is not None and self.resume_after > 0:
+                target = self.resume_after + self.stride - 1.0  # a little before: the cutter skips what is earlier
+                if target > 0:
+                    try:
+                        container.seek(int((target + offset) / vs.time_base), stream=vs, backward=True)
+                    except av.error.FFmpegError as e:
+                        log.info("%s: cannot seek (%s); decoding from the start", redact(self.url), e)
+            cues: list[Cue] = list(self.sidecar_cues)
+            embedded = False
+            cutter: ClipCutter | None = None
+            base = 0.0  # stream time of media time `offset` (live: seconds since started_at at connect)
+            connect_wall = time.time()
+            n = 0
+            try:
+                for pkt in container.demux(vs, *text):
+                    self.last_progress = time.monotonic()
+                    if pkt.stream.type == "subtitle":
+                        for cue in self._cues(pkt, offset - base):
+                            if not embedded:
+                                cues, embedded, self.subtitle_source = [], True, "embedded"
+                            cues.append(cue)
+                        continue
+                    try:
+                        frames = pkt.decode()
+                    except av.error.FFmpegError:
+                        self.decode_errors += 1
+                        continue
+                    for frame in frames:
+                        media_t = (frame.time - offset) if frame.time is not None else n / rate
+                        n += 1
+                        self.frames_decoded += 1
+                        if cutter is None:
+                            if self.live:
+                                connect_wall = time.time()
+                                base = (connect_wall - self.started_at) - media_t
+                            cutter = self._cutter(media_t + base)
+                        for index, t0, t1, arr in cutter.push(media_t + base, frame):
+                            yield self._clip(index, t0, t1, arr, cues, connect_wall, base, media_t)
+                if cutter is not None:
+                    for index, t0, t1, arr in cutter.flush(1.0 / rate):
+                        yield self._clip(index, t0, t1, arr, cues, connect_wall, base, None)
+            except av.error.FFmpegError as e:
+                msg = str(e).replace(self.url, redact(self.url))
+                raise SourceError("read_error", f"read error after {n} frames: {msg}", retry=True) from e
+        if n == 0:
+            raise SourceError("no_frames", "no decodable video frames", retry=self.live)
+
+    def _cutter(self, first_t: float) -> ClipCutter:
+        start = first_t if self.live else 0.0
+        if self.resume_after is not None:
+            start = max(start, self.resume_after + self.stride / 2)
+        k0 = max(0, math.ceil(start / self.stride - 1e-6))
+        self._k0 = k0
+        windows = ((k * self.stride, k * self.stride + self.spec.seconds) for k in itertools.count(k0))
+        return ClipCutter(self.spec, windows)
+
+    def _clip(self, index: int, t0: float, t1: float, arr: np.ndarray, cues: list[Cue], connect_wall: float,
+              base: float, media_t: float | None) -> StreamClip:
+        end_wall = None
+        if self.live:
+            end_wall = self.started_at + t1  # stream time t1 was on air at this wall time
+        return StreamClip(self._k0 + index, round(t0, 3), round(t1, 3), arr,
+                          subtitles.text_in_window(cues, t0, t1), end_wall)
+
+    @staticmethod
+    def _cues(pkt, shift: float) -> list[Cue]:
+        if not pkt.size or pkt.pts is None:
+            return []
+        try:
+            subs = pkt.decode()
+        except av.error.FFmpegError:
+            return []
+        out = []
+        for sub in subs:
+            text = subtitles.clean_text(getattr(sub, "dialogue", b"").decode("utf-8", "replace"))
+            if text:
+                start = float(pkt.pts * pkt.time_base) - shift
+                dur = float((pkt.duration or 0) * pkt.time_base) or 2.0
+                out.append(Cue(round(start, 3), round(start + dur, 3), text[: subtitles.MAX_CUE_CHARS]))
+        return out

@@ -1,0 +1,300 @@
+"""The supervisor: reads stream jobs from the ingest stream (a consumer group, so a job stays pending until
+its stream is over), validates them, applies the URL policy, hands streams to decoders and takes them back
+when a decoder dies or a stream's heartbeat stops.
+
+Guarantees: a job is acked only when its stream has ended (finished, failed for good, stopped) or was
+refused; a malformed job goes to the dead-letter stream with the reason and is acked; a stream whose
+decoder is gone is reassigned with a fresh ownership token (the old owner can no longer write) and
+resumes from its checkpoint; a supervisor that restarts picks its pending jobs up again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from actors.decoder import Assignment
+from actors.keys import Keys, redis_client
+from actors.url_policy import UrlRefused, check_url, redact
+from schemas.config import Settings
+from schemas.streams import IngestJob, JobError, StreamStatus
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "supervisor"
+
+
+@dataclass
+class Held:
+    """A stream this supervisor is responsible for (its job is pending in the ingest group)."""
+
+    entry: str
+    job: IngestJob
+    url: str
+    decoder: str | None = None
+    token: str = ""
+    since: float = 0.0
+    attempts: int = 0
+
+
+class Supervisor:
+    """`decoders`: name -> handle with `start_stream(assignment)` and `active()` (Ray actor handles: calls go
+    through `call`, which Ray-specific code supplies)."""
+
+    def __init__(self, settings: Settings, decoders: dict, call=None):
+        self.settings, self.decoders = settings, decoders
+        self.keys = Keys(settings.redis.prefix)
+        self.redis = redis_client(settings.redis.url)
+        self.call = call or _ray_call
+        self.held: dict[str, Held] = {}
+        self.ingested = 0
+        self._ensure_group()
+        self._adopt_pending()
+
+    def _ensure_group(self) -> None:
+        import redis
+
+        try:
+            self.redis.xgroup_create(self.keys.ingest, self.keys.group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    # -- intake ------------------------------------------------------------------------------------------
+    def _adopt_pending(self) -> None:
+        """After a (re)start: every job still pending for us is either over (ack it) or held again."""
+        resp = self.redis.xreadgroup(self.keys.group, CONSUMER, {self.keys.ingest: "0"}, count=10_000)
+        for _, entries in resp or []:
+            for entry, fields in entries:
+                if fields is None:  # trimmed away
+                    self.redis.xack(self.keys.ingest, self.keys.group, entry)
+                    continue
+                try:
+                    job = IngestJob.from_fields(fields)
+                except JobError:
+                    self.redis.xack(self.keys.ingest, self.keys.group, entry)
+                    continue
+                sid = job.stream_id or _sid(entry)
+                h = self.redis.hgetall(self.keys.stream(sid))
+                if h.get("entry") != entry or StreamStatus(h.get("status", "queued")).terminal:
+                    self.redis.xack(self.keys.ingest, self.keys.group, entry)
+                    continue
+                try:
+                    url = check_url(job.url, self.settings.url_policy)
+                except UrlRefused as e:
+                    self._refuse(sid, entry, job, e)
+                    continue
+                self.held[sid] = Held(entry, job, url, decoder=h.get("owner") or None, token=h.get("token", ""),
+                                      since=time.time(), attempts=int(h.get("attempts", 0)))
+                log.info("stream %s: adopted after a restart (owner %s)", sid, h.get("owner"))
+
+    def _read_new(self) -> None:
+        room = len(self.decoders) * self.settings.decoder.max_streams - len(self.held)
+        if room <= 0:
+            time.sleep(self.settings.supervisor.poll_ms / 1000)
+            return
+        resp = self.redis.xreadgroup(self.keys.group, CONSUMER, {self.keys.ingest: ">"}, count=min(room, 32),
+                                     block=self.settings.supervisor.poll_ms)
+        for _, entries in resp or []:
+            for entry, fields in entries:
+                self.ingested += 1
+                self._take(entry, fields)
+
+    def _take(self, entry: str, fields: dict) -> None:
+        try:
+            job = IngestJob.from_fields(fields)
+        except JobError as e:
+            log.warning("ingest %s: malformed job: %s", entry, e.reason)
+            self._dead_and_ack(entry, "malformed_job", e.reason, url=redact(fields.get("url", ""))[:500])
+            return
+        sid = job.stream_id or _sid(entry)
+        key = self.keys.stream(sid)
+        if sid in self.held:
+            self._dead_and_ack(entry, "duplicate_stream", f"stream {sid} is already running", url=redact(job.url),
+                               stream_id=sid)
+            return
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(key, self.keys.tags(sid))  # a stream id used again starts afresh
+        pipe.hset(key, mapping={"stream_id": sid, "status": StreamStatus.queued.value, "url": redact(job.url),
+                                "entry": entry, "created_at": f"{now:.3f}", "updated_at": f"{now:.3f}",
+                                "attempts": 0, "stop": 0, "clips_tagged": 0, "clips_dropped": 0,
+                                "options": json.dumps(job.options.model_dump(exclude_none=True))})
+        pipe.zadd(self.keys.streams, {sid: now})
+        pipe.execute()
+        try:
+            url = check_url(job.url, self.settings.url_policy)
+            if job.subtitles_url:
+                check_url(job.subtitles_url, self.settings.url_policy)
+        except UrlRefused as e:
+            self._refuse(sid, entry, job, e)
+            return
+        self.held[sid] = Held(entry, job, url)
+        self._assign(sid)
+
+    def _refuse(self, sid: str, entry: str, job: IngestJob, e: UrlRefused) -> None:
+        log.warning("stream %s: refused: %s", sid, e.reason)
+        self._fail(sid, entry, f"refused_{e.code}", e.reason, redact(job.url))
+
+    # -- assignment ------------------------------------------------------------------------------------
+    def _load(self) -> dict[str, int]:
+        load = {name: 0 for name in self.decoders}
+        for h in self.held.values():
+            if h.decoder in load:
+                load[h.decoder] += 1
+        return load
+
+    def _assign(self, sid: str, avoid: str | None = None) -> bool:
+        h = self.held[sid]
+        load = self._load()
+        order = sorted(load, key=lambda n: (n == avoid and len(load) > 1, load[n]))
+        for name in order:
+            if load[name] >= self.settings.decoder.max_streams:
+                continue
+            token = uuid.uuid4().hex
+            self.redis.hset(self.keys.stream(sid), mapping={"token": token, "owner": name, "attempts": h.attempts,
+                                                            "status": StreamStatus.starting.value,
+                                                            "heartbeat": f"{time.time():.3f}"})
+            a = Assignment(sid, token, h.job, h.entry, h.url)
+            try:
+                ok = self.call(self.decoders[name], "start_stream", a)
+            except Exception as e:  # noqa: BLE001 - a dead decoder: try the next one
+                log.warning("decoder %s did not take stream %s: %s", name, sid, e)
+                ok = False
+            if ok:
+                h.decoder, h.token, h.since = name, token, time.time()
+                log.info("stream %s: assigned to %s (attempt %d)", sid, name, h.attempts)
+                return True
+        self.redis.hset(self.keys.stream(sid), mapping={"status": StreamStatus.queued.value, "token": "", "owner": ""})
+        h.decoder, h.token, h.since = None, "", time.time()
+        return False
+
+    def _check(self) -> None:
+        """Reap ended streams, honour stop requests of queued ones, reclaim streams whose owner is gone."""
+        if not self.held:
+            return
+        actives: dict[str, dict | None] = {}
+        for name, d in self.decoders.items():
+            try:
+                actives[name] = self.call(d, "active", timeout=5)
+            except Exception as e:  # noqa: BLE001 - dead or unresponsive decoder
+                log.warning("decoder %s is not answering: %s", name, e)
+                actives[name] = None
+        sids = list(self.held)
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in sids:
+            pipe.hmget(self.keys.stream(sid), "status", "heartbeat", "token", "stop")
+        now = time.time()
+        lease = self.settings.supervisor.lease_s
+        for sid, (status, hb, token, stop) in zip(sids, pipe.execute()):
+            h = self.held[sid]
+            if status is None or StreamStatus(status).terminal:
+                del self.held[sid]
+                continue
+            if h.decoder is None:
+                if stop == "1":
+                    self._fail(sid, h.entry, "stopped", "stopped on request", redact(h.job.url), StreamStatus.stopped)
+                else:
+                    self._assign(sid)
+                continue
+            active = actives.get(h.decoder)
+            gone = active is not None and active.get(sid) != h.token and now - h.since > 3.0
+            silent = now - float(hb or 0) > lease and now - h.since > lease
+            if gone or silent:
+                why = "its decoder no longer runs it" if gone else f"no heartbeat for {lease:.0f} s"
+                self._reclaim(sid, why)
+
+    def _reclaim(self, sid: str, why: str) -> None:
+        h = self.held[sid]
+        h.attempts += 1
+        if h.attempts > self.settings.supervisor.max_attempts:
+            self._fail(sid, h.entry, "reclaimed_too_often", f"{why}; gave up after {h.attempts - 1} reassignments",
+                       redact(h.job.url))
+            return
+        log.warning("stream %s: reclaimed from %s (%s); resuming from its checkpoint", sid, h.decoder, why)
+        self.redis.hincrby(self.keys.counters, "reclaims", 1)
+        self._assign(sid, avoid=h.decoder)
+
+    # -- endings the supervisor writes itself --------------------------------------------------------
+    def _fail(self, sid: str, entry: str, reason: str, error: str, url: str,
+              status: StreamStatus = StreamStatus.failed) -> None:
+        now = f"{time.time():.3f}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.stream(sid), mapping={"status": status.value, "reason": reason, "error": error[:1000],
+                                                  "token": "", "finished_at": now, "updated_at": now})
+        if status == StreamStatus.failed:
+            pipe.xadd(self.keys.dead, {"stream_id": sid, "entry": entry, "url": url, "reason": reason, "error": error[:1000]},
+                      maxlen=self.settings.redis.dead_maxlen, approximate=True)
+            pipe.hincrby(self.keys.counters, f"failures:{reason}", 1)
+        pipe.hincrby(self.keys.counters, f"streams_{status.value}", 1)
+        pipe.xack(self.keys.ingest, self.keys.group, entry)
+        pipe.publish(self.keys.live(sid), json.dumps({"event": "status", "status": status.value}))
+        pipe.execute()
+        self.held.pop(sid, None)
+
+    def _dead_and_ack(self, entry: str, reason: str, error: str, url: str = "", stream_id: str = "") -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(self.keys.dead, {"entry": entry, "stream_id": stream_id, "url": url, "reason": reason, "error": error},
+                  maxlen=self.settings.redis.dead_maxlen, approximate=True)
+        pipe.hincrby(self.keys.counters, f"failures:{reason}", 1)
+        pipe.xack(self.keys.ingest, self.keys.group, entry)
+        pipe.execute()
+
+    # -- loop ------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        self._check()
+        self._read_new()
+
+    def stats(self) -> dict:
+        return {"held": len(self.held), "ingested": self.ingested,
+                "by_decoder": self._load()}
+
+
+def _sid(entry: str) -> str:
+    return f"s{entry}"
+
+
+def _ray_call(handle, method: str, *args, timeout: float = 30):
+    import ray
+
+    return ray.get(getattr(handle, method).remote(*args), timeout=timeout)
+
+
+class SupervisorActor:
+    """The supervisor's loop in a thread of its own; every error is logged, counted and retried, never fatal."""
+
+    def __init__(self, settings: Settings, decoder_names: list[str], namespace: str | None = None):
+        import ray
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        decoders = {n: ray.get_actor(n, namespace=namespace) for n in decoder_names}
+        self.sup = Supervisor(settings, decoders)
+        self._closing = threading.Event()
+        self.errors = 0
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="supervisor")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        backoff = 0.1
+        while not self._closing.is_set():
+            try:
+                self.sup.tick()
+                backoff = 0.1
+            except Exception:  # noqa: BLE001 - Redis down, a decoder gone: retry with backoff
+                self.errors += 1
+                log.exception("supervisor tick failed; retrying in %.1f s", backoff)
+                self._closing.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def stats(self) -> dict:
+        return {**self.sup.stats(), "errors": self.errors}
+
+    def ready(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=10)

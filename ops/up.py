@@ -1,0 +1,146 @@
+"""`vbs up`: Redis (given, or a local redis-server started for the session), Ray (local, or joined with
+--address), the streaming graph; says where everything is and stops cleanly on Ctrl-C or SIGTERM: the
+decoders let go of their streams without ending them, so their jobs stay pending and resume from their
+checkpoints on the next start. No stream is left half-owned."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from actors.keys import redis_client
+from schemas.config import DEFAULT_REDIS, Settings
+
+log = logging.getLogger("vbs.up")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.toml"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+class LocalRedis:
+    """A redis-server of our own on a free loopback port, nothing on disk; stopped with the service."""
+
+    def __init__(self):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise FileNotFoundError("no Redis at 127.0.0.1:6379 and no redis-server to start one: install redis-server "
+                                    "or pass --redis-url")
+        self.port = _free_port()
+        self.dir = tempfile.mkdtemp(prefix="vbs-redis-")
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", self.dir], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        deadline = time.monotonic() + 10
+        while not _reachable(self.url):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the local redis-server did not start")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def resolve_redis(explicit: str | None, settings: Settings, env: dict) -> tuple[str, LocalRedis | None]:
+    """--redis-url, else REDIS_URL (or the config file), else 127.0.0.1:6379 if it answers, else our own."""
+    if explicit:
+        return explicit, None
+    if env.get("REDIS_URL") or settings.redis.url != DEFAULT_REDIS:
+        return settings.redis.url, None
+    if _reachable(DEFAULT_REDIS):
+        return DEFAULT_REDIS, None
+    local = LocalRedis()
+    return local.url, local
+
+
+def run(args, env: dict) -> int:
+    import ray
+
+    from actors.graph import start_graph
+    from actors.url_policy import redact
+
+    config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    settings = Settings.load(config, model_dir=args.model, env=env)
+    url, local = resolve_redis(args.redis_url, settings, env)
+    settings.redis.url = url
+    from videobert.tagging import ModelPaths
+
+    ModelPaths.of(settings.model_dir)  # a clear error now rather than in every actor
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    graph = None
+    try:
+        ctx = ray.init(address=args.address, namespace="vbs", include_dashboard=False, log_to_driver=args.verbose,
+                       configure_logging=False, **({} if args.address else {"num_cpus": args.num_cpus}))
+        graph = start_graph(settings)
+        keys = graph.settings.redis.prefix
+        print(f"vbs up: streaming graph running ({len(graph.decoders)} decoder(s); model {settings.model_dir})", flush=True)
+        print(f"  redis:   {redact(url)}{' (started for this session)' if local else ''}", flush=True)
+        print(f"  ray:     {getattr(ctx, 'address_info', {}).get('address') or args.address or 'local'}", flush=True)
+        print(f"  ingest:  redis-cli -u {redact(url)} XADD {keys}:ingest '*' url <URL>   (or: vbs push URL)", flush=True)
+        print(f"  tags:    {keys}:tags:<id> (stream), {keys}:stream:<id> (status), pub/sub {keys}:live:<id>", flush=True)
+        print("  Ctrl-C stops; running streams resume on the next start", flush=True)
+        if args.ready_file:
+            Path(args.ready_file).write_text(url)
+        while not stop.wait(1.0):
+            pass
+        print("vbs up: stopping", flush=True)
+        return 0
+    finally:
+        if graph is not None:
+            graph.stop()
+        if ray.is_initialized():
+            ray.shutdown()
+        if local is not None:
+            local.stop()
+
+
+def push(args, env: dict) -> int:
+    import json
+
+    from actors.keys import Keys
+    from schemas.streams import IngestJob, JobError
+
+    settings = Settings.load(args.config, redis_url=args.redis_url, env=env)
+    fields = {"url": args.url}
+    if args.id:
+        fields["stream_id"] = args.id
+    if args.subtitles:
+        fields["subtitles_url"] = args.subtitles
+    if args.options:
+        fields["options"] = args.options
+    try:
+        job = IngestJob.from_fields(fields)
+    except JobError as e:
+        raise ValueError(f"not a valid job: {e.reason}") from e
+    r = redis_client(settings.redis.url)
+    entry = r.xadd(Keys(settings.redis.prefix).ingest, job.to_fields())
+    print(json.dumps({"entry": entry, "stream_id": job.stream_id or f"s{entry}"}))
+    return 0

@@ -1,0 +1,105 @@
+"""The one configuration object of the service, validated once at start-up and passed down explicitly.
+
+Read from a TOML file (`vbs up --config FILE`, see ops/config.toml); command-line flags and REDIS_URL
+override it in `Settings.load`, the only place that reads the environment."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedisSettings(_Strict):
+    url: str = DEFAULT_REDIS
+    prefix: str = Field(default="vbs", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    tags_maxlen: int = Field(default=10_000, ge=10)  # entries kept per vbs:tags:{id} (approximate trim)
+    dead_maxlen: int = Field(default=10_000, ge=10)
+
+
+class UrlPolicy(_Strict):
+    allowed_schemes: list[str] = ["file", "http", "https", "rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt"]
+    media_root: str | None = None  # file paths are allowed only under it; unset: no file access
+    allow_private: bool = False  # 10/8, 172.16/12, 192.168/16, fc00::/7 ...
+    allow_loopback: bool = False  # 127/8, ::1 (the local quick start allows it)
+
+
+class StageSettings(_Strict):
+    """A model stage: an actor per replica, batching across all streams."""
+
+    replicas: int = Field(default=1, ge=1, le=64)
+    num_gpus: float = Field(default=0.0, ge=0)  # fractions allowed; 0 on a machine without GPUs
+    num_cpus: float = Field(default=1.0, ge=0)
+    threads: int = Field(default=1, ge=1, le=64)  # torch threads inside the actor
+    max_batch_size: int = Field(default=32, ge=1, le=4096)
+    max_wait_ms: float = Field(default=20.0, ge=0, le=10_000)
+
+
+class DecoderSettings(_Strict):
+    replicas: int = Field(default=1, ge=1, le=256)
+    num_cpus: float = Field(default=0.5, ge=0)
+    max_streams: int = Field(default=64, ge=1)  # per decoder actor
+    open_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    watchdog_s: float = Field(default=30.0, gt=0)  # no frame and no error for this long: the source is abandoned
+    max_in_flight: int = Field(default=4, ge=1, le=256)  # clips per stream between decoder and sink
+    reconnect_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=10.0, gt=0)
+    max_reconnects: int = Field(default=20, ge=0)  # consecutive failed connects of a live source before it fails
+    max_frame_pixels: int = Field(default=3840 * 2160, ge=64 * 64)
+    context_clips: int = Field(default=1, ge=0, le=8)  # earlier clips of the same stream given to the fusion model
+
+
+class SupervisorSettings(_Strict):
+    heartbeat_s: float = Field(default=1.0, gt=0)  # how often a running stream refreshes its heartbeat
+    lease_s: float = Field(default=10.0, gt=0)  # no heartbeat for this long: the stream is reclaimed
+    poll_ms: int = Field(default=200, ge=10)
+    max_attempts: int = Field(default=5, ge=1)  # reclaims of one stream before it fails for good
+
+
+class Settings(_Strict):
+    redis: RedisSettings = RedisSettings()
+    model_dir: str = "models/demo"
+    device: str = "auto"  # auto: cuda when the stage has a GPU, else cpu
+    url_policy: UrlPolicy = UrlPolicy()
+    decoder: DecoderSettings = DecoderSettings()
+    video_encoder: StageSettings = StageSettings(max_batch_size=64)
+    language: StageSettings = StageSettings(num_cpus=0.25, max_batch_size=64)
+    fusion: StageSettings = StageSettings(max_batch_size=32)
+    supervisor: SupervisorSettings = SupervisorSettings()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, redis_url: str | None = None, model_dir: str | None = None,
+             env: dict[str, str] | None = None) -> "Settings":
+        """File, then REDIS_URL from the environment, then explicit arguments. Raises ValueError with the
+        file and field named when something is wrong."""
+        env = os.environ if env is None else env
+        data: dict = {}
+        if path is not None:
+            p = Path(path)
+            try:
+                data = tomllib.loads(p.read_text())
+            except FileNotFoundError as e:
+                raise ValueError(f"config file {p} does not exist") from e
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"config file {p} is not valid TOML: {e}") from e
+        try:
+            s = cls.model_validate(data)
+        except ValidationError as e:
+            where = f"config file {path}" if path else "settings"
+            raise ValueError(f"{where}: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+        if env.get("REDIS_URL") and "url" not in data.get("redis", {}):
+            s.redis.url = env["REDIS_URL"]
+        if redis_url:
+            s.redis.url = redis_url
+        if model_dir:
+            s.model_dir = model_dir
+        return s

@@ -1,0 +1,113 @@
+"""Integration fixtures: one local Ray per test session, real Redis (127.0.0.1:6379, every run under its own
+key prefix), the small trained model of tests/conftest.py, and one streaming graph shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from schemas.config import Settings
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, namespace=f"vbs-tests-{uuid.uuid4().hex[:6]}",
+             configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def graph_settings(model_dir: Path, media_root: Path, prefix: str) -> Settings:
+    return Settings.model_validate({
+        "model_dir": str(model_dir),
+        "redis": {"url": REDIS_URL, "prefix": prefix},
+        "url_policy": {"media_root": str(media_root), "allow_loopback": True},
+        "decoder": {"replicas": 2, "num_cpus": 0.5, "open_timeout_s": 4, "read_timeout_s": 4, "watchdog_s": 8,
+                    "max_in_flight": 2, "reconnect_initial_s": 0.2, "reconnect_max_s": 1.0, "max_reconnects": 2},
+        "video_encoder": {"num_cpus": 1, "max_wait_ms": 5},
+        "language": {"num_cpus": 0.25, "max_wait_ms": 2},
+        "fusion": {"num_cpus": 1, "max_wait_ms": 5},
+        "supervisor": {"heartbeat_s": 0.5, "lease_s": 4.0, "poll_ms": 100},
+    })
+
+
+@pytest.fixture(scope="session")
+def media(trained_model) -> Path:
+    """The media root: the trained model's directory (its held-out videos are the file streams)."""
+    return trained_model
+
+
+@pytest.fixture(scope="session")
+def graph(ray_local, trained_model, media):
+    from actors.graph import start_graph
+    from actors.keys import redis_client
+
+    prefix = f"vbstest{uuid.uuid4().hex[:8]}"
+    settings = graph_settings(trained_model, media, prefix)
+    g = start_graph(settings)
+    yield g
+    g.stop()
+    r = redis_client(REDIS_URL)
+    for key in r.scan_iter(f"{prefix}:*"):
+        r.delete(key)
+
+
+class Streams:
+    """Test-side view of the graph through Redis only, as a user sees it."""
+
+    def __init__(self, settings: Settings):
+        from actors.keys import Keys, redis_client
+
+        self.r = redis_client(settings.redis.url)
+        self.keys = Keys(settings.redis.prefix)
+
+    def push(self, url: str, stream_id: str | None = None, **fields) -> str:
+        job = {"url": url, **({"stream_id": stream_id} if stream_id else {}),
+               **{k: (json.dumps(v) if k == "options" else v) for k, v in fields.items()}}
+        return self.r.xadd(self.keys.ingest, job)
+
+    def status(self, sid: str) -> dict:
+        return self.r.hgetall(self.keys.stream(sid))
+
+    def wait(self, sid: str, statuses: set[str], timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            h = self.status(sid)
+            if h.get("status") in statuses:
+                return h
+            time.sleep(0.1)
+        raise AssertionError(f"stream {sid} not in {statuses} after {timeout} s: {self.status(sid)}")
+
+    def tags(self, sid: str) -> list[tuple[str, dict]]:
+        return [(eid, json.loads(f["data"])) for eid, f in self.r.xrange(self.keys.tags(sid))]
+
+    def wait_tags(self, sid: str, n: int, timeout: float = 60) -> list[tuple[str, dict]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            t = self.tags(sid)
+            if len(t) >= n:
+                return t
+            time.sleep(0.1)
+        raise AssertionError(f"stream {sid}: {len(self.tags(sid))} tags after {timeout} s, wanted {n}: {self.status(sid)}")
+
+    def dead(self) -> list[dict]:
+        return [f for _, f in self.r.xrange(self.keys.dead)]
+
+    def pending(self) -> set[str]:
+        return {p["message_id"] for p in self.r.xpending_range(self.keys.ingest, self.keys.group, "-", "+", 1000)}
+
+    def stop(self, sid: str) -> None:
+        self.r.hset(self.keys.stream(sid), "stop", 1)
+
+
+@pytest.fixture(scope="session")
+def streams(graph) -> Streams:
+    return Streams(graph.settings)
