@@ -441,6 +441,10 @@ class DecoderActor:
             runners = list(self.runners.values())
         for r in runners:
             r.fenced.set()
+            try:
+                self.sink.release(r.a.stream_id, r.a.token)
+            except Exception as e:  # noqa: BLE001 - the lease expires and the stream is reclaimed anyway
+                log.warning("stream %s: could not release: %s", r.a.stream_id, e)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:

@@ -57,6 +57,16 @@ return 1
 """
 
 
+# KEYS: stream hash. ARGV: token, now, channel. A stream let go at shutdown: queued again, owned by nobody.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'token', '', 'owner', '', 'updated_at', ARGV[2],
+           'error', 'released at shutdown; resumes from its checkpoint when the graph runs again')
+redis.call('PUBLISH', ARGV[3], '{"event":"status","status":"queued"}')
+return 1
+"""
+
+
 class Fenced(Exception):
     """This worker no longer owns the stream: stop without writing anything more."""
 
@@ -77,6 +87,7 @@ class Sink:
         self._commit = self.redis.register_script(_COMMIT)
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
         self._finish = self.redis.register_script(_FINISH)
+        self._release = self.redis.register_script(_RELEASE)
 
     def commit(self, stream_id: str, token: str, result: dict, dropped: int = 0) -> bool:
         """Write one clip's result. True if written, False if it was already there (a replay).
@@ -115,3 +126,9 @@ class Sink:
                                stream_id, url, self.dead_maxlen, self.keys.live(stream_id)])
         if r == -1:
             raise Fenced(stream_id)
+
+    def release(self, stream_id: str, token: str) -> bool:
+        """Give a running stream back without ending it (shutdown): its job stays pending, its status says
+        queued, and the next supervisor resumes it from its checkpoint. False if it had already moved on."""
+        return self._release(keys=[self.keys.stream(stream_id)],
+                             args=[token, f"{time.time():.3f}", self.keys.live(stream_id)]) == 1

@@ -152,6 +152,7 @@ class SourceReader:
             cues: list[Cue] = list(self.sidecar_cues)
             embedded = False
             cutter: ClipCutter | None = None
+            self._wall_offset = float("inf")
             base = 0.0  # stream time of media time `offset` (live: seconds since started_at at connect)
             connect_wall = time.time()
             n = 0
@@ -173,16 +174,19 @@ class SourceReader:
                         media_t = (frame.time - offset) if frame.time is not None else n / rate
                         n += 1
                         self.frames_decoded += 1
+                        # wall clock minus media time, at its smallest: the frame that reached us soonest
+                        # after it was on air; clip ends are put on the wall clock with it (latency)
+                        self._wall_offset = min(self._wall_offset, time.time() - media_t)
                         if cutter is None:
                             if self.live:
                                 connect_wall = time.time()
                                 base = (connect_wall - self.started_at) - media_t
                             cutter = self._cutter(media_t + base)
                         for index, t0, t1, arr in cutter.push(media_t + base, frame):
-                            yield self._clip(index, t0, t1, arr, cues, connect_wall, base, media_t)
+                            yield self._clip(index, t0, t1, arr, cues, base)
                 if cutter is not None:
                     for index, t0, t1, arr in cutter.flush(1.0 / rate):
-                        yield self._clip(index, t0, t1, arr, cues, connect_wall, base, None)
+                        yield self._clip(index, t0, t1, arr, cues, base)
             except av.error.FFmpegError as e:
                 msg = str(e).replace(self.url, redact(self.url))
                 raise SourceError("read_error", f"read error after {n} frames: {msg}", retry=True) from e
@@ -198,11 +202,10 @@ class SourceReader:
         windows = ((k * self.stride, k * self.stride + self.spec.seconds) for k in itertools.count(k0))
         return ClipCutter(self.spec, windows)
 
-    def _clip(self, index: int, t0: float, t1: float, arr: np.ndarray, cues: list[Cue], connect_wall: float,
-              base: float, media_t: float | None) -> StreamClip:
+    def _clip(self, index: int, t0: float, t1: float, arr: np.ndarray, cues: list[Cue], base: float) -> StreamClip:
         end_wall = None
-        if self.live:
-            end_wall = self.started_at + t1  # stream time t1 was on air at this wall time
+        if self.live:  # the wall time the clip's end was on air: its media time + the smallest frame delay
+            end_wall = (t1 - base) + self._wall_offset
         return StreamClip(self._k0 + index, round(t0, 3), round(t1, 3), arr,
                           subtitles.text_in_window(cues, t0, t1), end_wall)
 

@@ -1,0 +1,186 @@
+"""How many concurrent live 360p25 streams this machine tags in real time, side by side in the same run
+with how many it can merely decode (the same decoders, no model), with p50/p95 end-to-end tag latency
+(clip end in stream time -> tag written to Redis). Writes JSON.
+
+    python -m bench.streams --model models/demo --ladder 8,16,24,32,40 --seconds 20 --out bench/results/streams.json
+
+Each step of the ladder: N looping live MPEG-TS streams over UDP on loopback (ffmpeg -re -c copy, a few
+% CPU for all of them), pushed onto the ingest stream of a fresh graph; after a warm-up, tags are counted
+for `--seconds`. A step is *real time* when every stream delivered all its clips
+(seconds / 1.5 each, less one for the phase of the window), no clip was dropped, and p95 latency <= --p95-limit. Decode-only runs the same
+decoders with a pipeline that skips the models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("bench.streams")
+
+
+class NullPipeline:
+    """Decode only: clips are cut (frames sampled and resized) and committed without running a model."""
+
+    def check_labels(self, template, labels):
+        return None
+
+    def submit(self, clip, context, item):
+        return 0, {"labels": {}, "alignment": None}
+
+    def result(self, handle, timeout):
+        return handle
+
+
+def _null_factory(key):
+    return NullPipeline()
+
+
+def make_source(model: Path, out: Path, seconds: int = 30) -> Path:
+    """A 640x360, 25 fps H.264 clip with a keyframe every second, from the model's held-out videos."""
+    src = sorted((model / "data" / "heldout").glob("*.mp4"))
+    if not src:
+        raise FileNotFoundError(f"{model}/data/heldout has no videos (build the demo model first)")
+    target = out / "source_360p25.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(src[0]), "-t", str(seconds),
+                    "-vf", "scale=640:360,fps=25", "-an", "-c:v", "libx264", "-preset", "veryfast", "-g", "25",
+                    "-keyint_min", "25", "-sc_threshold", "0", "-pix_fmt", "yuv420p", str(target)], check=True)
+    return target
+
+
+def run_step(n: int, mode: str, source: Path, settings, seconds: float, warmup: float) -> dict:
+    import ray
+
+    from actors.decoder import DecoderActor
+    from actors.graph import start_graph
+    from actors.keys import Keys, redis_client
+    from tests.integration.live_sources import paced_udp_streams
+
+    prefix = f"vbsbench{uuid.uuid4().hex[:6]}"
+    s = settings.model_copy(deep=True)
+    s.redis.prefix = prefix
+    keys, r = Keys(prefix), redis_client(s.redis.url)
+    graph = None
+    decoders = []
+    try:
+        if mode == "pipeline":
+            graph = start_graph(s)
+        else:  # the same decoders and supervisor, with the model stages replaced by NullPipeline
+            from actors.supervisor import SupervisorActor
+
+            spec = {"seconds": 1.5, "frames": 8, "size": 64}
+            names = [f"{prefix}-decoder-{i}" for i in range(s.decoder.replicas)]
+            decoders = [ray.remote(DecoderActor).options(num_cpus=s.decoder.num_cpus, name=nm,
+                                                         max_concurrency=s.decoder.max_streams + 8)
+                        .remote(nm, s, None, _null_factory, spec) for nm in names]
+            ray.get([d.active.remote() for d in decoders])
+            sup = ray.remote(SupervisorActor).options(num_cpus=0, max_concurrency=4).remote(s, names)
+            ray.get(sup.ready.remote())
+            decoders.append(sup)
+        with paced_udp_streams(source, n) as senders:
+            for i, snd in enumerate(senders):
+                r.xadd(keys.ingest, {"url": snd.url, "stream_id": f"b{i}"})
+            time.sleep(warmup)
+            start = {f"b{i}": int(r.hget(keys.stream(f"b{i}"), "clips_tagged") or 0) for i in range(n)}
+            t_start = time.time()
+            time.sleep(seconds)
+            t_end = time.time()
+            stats = {}
+            lat, per_stream, dropped = [], [], 0
+            for i in range(n):
+                sid = f"b{i}"
+                h = r.hgetall(keys.stream(sid))
+                per_stream.append(int(h.get("clips_tagged") or 0) - start[sid])
+                dropped += int(h.get("clips_dropped") or 0)
+                started = float(h.get("started_at") or 0)
+                for _, f in r.xrange(keys.tags(sid)):
+                    row = json.loads(f["data"])
+                    if row.get("latency_s") is None:
+                        continue
+                    written = started + row["t1"] + row["latency_s"]  # wall time the tag was written
+                    if t_start <= written <= t_end:
+                        lat.append(row["latency_s"])
+            if graph is not None:
+                stats = graph.stats()
+            for i in range(n):
+                r.hset(keys.stream(f"b{i}"), "stop", 1)
+            time.sleep(2)
+        expected = (t_end - t_start) / 1.5
+        lat_a = np.array(lat) if lat else np.array([np.nan])
+        result = {"streams": n, "mode": mode, "seconds": round(t_end - t_start, 1),
+                  "clips_expected_per_stream": round(expected, 1),
+                  "clips_min_per_stream": min(per_stream), "clips_mean_per_stream": round(float(np.mean(per_stream)), 2),
+                  "dropped": dropped, "latency_p50_s": round(float(np.nanpercentile(lat_a, 50)), 3),
+                  "latency_p95_s": round(float(np.nanpercentile(lat_a, 95)), 3), "latency_n": len(lat)}
+        if stats:
+            result["batch_mean"] = {k: stats[k][0]["mean_batch"] for k in ("video_encoder", "fusion")}
+        return result
+    finally:
+        if graph is not None:
+            graph.stop()
+        for d in decoders:
+            ray.kill(d, no_restart=True)
+        for key in r.scan_iter(f"{prefix}:*"):
+            r.delete(key)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="models/demo")
+    p.add_argument("--ladder", default="8,16,24,32,40", help="stream counts to try, ascending")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per step")
+    p.add_argument("--warmup", type=float, default=8.0)
+    p.add_argument("--p95-limit", type=float, default=2.5)
+    p.add_argument("--modes", default="decode,pipeline")
+    p.add_argument("--config", default=None, help="TOML config (default: ops/config.toml)")
+    p.add_argument("--redis-url", default=None)
+    p.add_argument("--out", default="bench/results/streams.json")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import ray
+
+    from ops.up import DEFAULT_CONFIG
+    from schemas.config import Settings
+
+    settings = Settings.load(a.config or DEFAULT_CONFIG, redis_url=a.redis_url, model_dir=a.model)
+    settings.model_dir = str(Path(settings.model_dir).resolve())
+    ladder = [int(x) for x in a.ladder.split(",")]
+    ray.init(num_cpus=8, include_dashboard=False, namespace="vbs-bench", log_to_driver=False, configure_logging=False)
+    results: dict = {"machine": {"cpus": os.cpu_count(), "gpu": False}, "p95_limit_s": a.p95_limit, "steps": []}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            source = make_source(Path(settings.model_dir), Path(tmp))
+            for mode in a.modes.split(","):
+                for n in ladder:
+                    step = run_step(n, mode, source, settings, a.seconds, a.warmup)
+                    ok = (step["clips_min_per_stream"] >= step["clips_expected_per_stream"] - 1.5 and step["dropped"] == 0
+                          and (mode == "decode" or step["latency_p95_s"] <= a.p95_limit))
+                    step["real_time"] = bool(ok)
+                    results["steps"].append(step)
+                    print(json.dumps(step), flush=True)
+                    if not ok:
+                        break
+    finally:
+        ray.shutdown()
+    for mode in ("decode", "pipeline"):
+        good = [s["streams"] for s in results["steps"] if s["mode"] == mode and s["real_time"]]
+        results[f"{mode}_streams"] = max(good) if good else 0
+    if results.get("decode_streams"):
+        results["pipeline_over_decode"] = round(results["pipeline_streams"] / results["decode_streams"], 3)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(results, indent=1))
+    print(json.dumps({k: v for k, v in results.items() if k != "steps"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

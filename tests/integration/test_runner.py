@@ -1,0 +1,130 @@
+"""One stream runner without Ray: the stage classes in-process (LocalPipeline), real Redis, real sources.
+The failure paths of a single stream: a source that hangs (the watchdog), huge frames, no video track,
+back-pressure on a live source, a stop request."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from actors.decoder import Assignment, LocalPipeline, StreamRunner
+from actors.keys import Keys, redis_client
+from actors.sink import Sink
+from actors.stages import FusionStage, LanguageStage, VideoEncoderStage
+from schemas.config import DecoderSettings
+from schemas.streams import IngestJob, StreamStatus
+from tests.integration.live_sources import SilentTcpServer, UdpSender
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stages(trained_model):
+    return VideoEncoderStage(trained_model), LanguageStage(), FusionStage(trained_model)
+
+
+@pytest.fixture
+def env():
+    keys = Keys(f"vbsrun{uuid.uuid4().hex[:8]}")
+    r = redis_client("redis://127.0.0.1:6379/0")
+    yield r, keys
+    for k in r.scan_iter(f"{keys.prefix}:*"):
+        r.delete(k)
+
+
+def runner(env, stages, url: str, pipeline=None, **settings) -> StreamRunner:
+    r, keys = env
+    sid, token = f"s{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    r.hset(keys.stream(sid), mapping={"token": token, "status": "starting"})
+    cfg = DecoderSettings(**{"open_timeout_s": 4, "read_timeout_s": 4, "reconnect_initial_s": 0.1,
+                             "reconnect_max_s": 0.2, "max_reconnects": 1, **settings})
+    enc = stages[0]
+    return StreamRunner(Assignment(sid, token, IngestJob(url=url), "", url), pipeline or LocalPipeline(*stages),
+                        Sink(r, keys), enc.spec, cfg, r, keys)
+
+
+def status(env, run: StreamRunner) -> dict:
+    r, keys = env
+    return r.hgetall(keys.stream(run.a.stream_id))
+
+
+def test_a_source_that_accepts_and_sends_nothing_is_abandoned_by_the_watchdog(env, stages):
+    # PyAV's own timeouts set far away: only the watchdog can end this
+    with SilentTcpServer() as silent:
+        run = runner(env, stages, silent.url, open_timeout_s=120, read_timeout_s=120, watchdog_s=1.5)
+        start = time.monotonic()
+        assert run.run() == StreamStatus.failed
+    assert time.monotonic() - start < 20
+    h = status(env, run)
+    assert h["reason"] == "stalled" and int(h["reconnects"]) == 1, h
+
+
+def test_huge_frames_are_refused(env, stages, trained_model):
+    video = sorted((trained_model / "data" / "heldout").glob("*.mp4"))[0]
+    run = runner(env, stages, str(video), max_frame_pixels=64 * 64)
+    assert run.run() == StreamStatus.failed
+    h = status(env, run)
+    assert h["reason"] == "frame_too_large" and "exceed the limit of 4096 pixels" in h["error"]
+
+
+def test_a_source_without_video_is_a_clear_failure(env, stages, tmp_path):
+    audio = tmp_path / "speech.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=2", str(audio)], check=True)
+    run = runner(env, stages, str(audio))
+    assert run.run() == StreamStatus.failed
+    assert status(env, run)["reason"] == "no_video"
+
+
+class SlowPipeline(LocalPipeline):
+    """Injected failure: a model far slower than real time."""
+
+    def result(self, handle, timeout):
+        time.sleep(2.5)
+        return handle
+
+
+def test_a_live_source_drops_its_oldest_clips_when_the_model_falls_behind(env, stages, trained_model):
+    video = sorted((trained_model / "data" / "heldout").glob("*.mp4"))[0]
+    with UdpSender(video, loop=True, reencode=True) as udp:
+        run = runner(env, stages, udp.url, pipeline=SlowPipeline(*stages), max_in_flight=1)
+        t = threading.Thread(target=run.run)
+        t.start()
+        time.sleep(16)
+        run.stop_requested.set()
+        t.join(30)
+    h = status(env, run)
+    assert h["status"] == "stopped"
+    assert int(h.get("clips_dropped", 0)) >= 1 and run.counters.dropped >= 1, h
+    assert int(h["clips_tagged"]) >= 2
+
+
+def test_a_file_waits_for_the_model_instead_of_dropping(env, stages, trained_model):
+    video = sorted((trained_model / "data" / "heldout").glob("*.mp4"))[0]
+    pipe = LocalPipeline(*stages)
+    real_submit = pipe.submit
+
+    def slow_submit(*a):  # injected slowness
+        time.sleep(0.05)
+        return real_submit(*a)
+
+    pipe.submit = slow_submit
+    run = runner(env, stages, str(video), pipeline=pipe, max_in_flight=1)
+    assert run.run() == StreamStatus.finished
+    r, keys = env
+    assert run.counters.dropped == 0 and r.xlen(keys.tags(run.a.stream_id)) == run.counters.clips > 5
+
+
+def test_a_stop_request_ends_a_file_stream_cleanly(env, stages, trained_model):
+    video = sorted((trained_model / "data" / "heldout").glob("*.mp4"))[0]
+    run = runner(env, stages, str(video), pipeline=SlowPipeline(*stages))
+    t = threading.Thread(target=run.run)
+    t.start()
+    time.sleep(6)
+    run.stop_requested.set()
+    t.join(30)
+    h = status(env, run)
+    assert h["status"] == "stopped" and 1 <= int(h["clips_tagged"]) < 8, h

@@ -1,0 +1,108 @@
+"""The sink's Redis scripts against a real Redis: idempotent results, fencing by ownership token, endings
+that ack the job and dead-letter failures in one step."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from actors.keys import Keys, redis_client
+from actors.sink import Fenced, Sink, entry_id
+from schemas.streams import StreamStatus
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def sink():
+    keys = Keys(f"vbsunit{uuid.uuid4().hex[:8]}")
+    r = redis_client(REDIS_URL)
+    r.xgroup_create(keys.ingest, keys.group, id="0", mkstream=True)
+    yield Sink(r, keys, tags_maxlen=100, dead_maxlen=100)
+    for k in r.scan_iter(f"{keys.prefix}:*"):
+        r.delete(k)
+
+
+def row(t0: float) -> dict:
+    return {"t0": t0, "t1": t0 + 1.5, "labels": {"verb": [{"label": "grow", "score": 0.9}]}, "alignment": None,
+            "subtitle": ""}
+
+
+def own(sink: Sink, sid: str) -> str:
+    token = uuid.uuid4().hex
+    sink.redis.hset(sink.keys.stream(sid), mapping={"token": token, "status": "running"})
+    return token
+
+
+def test_a_replayed_clip_is_never_written_twice(sink):
+    token = own(sink, "a")
+    assert [sink.commit("a", token, row(t)) for t in (0.0, 1.5, 3.0)] == [True, True, True]
+    # a resumed owner replays 1.5 and 3.0, then goes on
+    assert [sink.commit("a", token, row(t)) for t in (1.5, 3.0, 4.5)] == [False, False, True]
+    ids = [eid for eid, _ in sink.redis.xrange(sink.keys.tags("a"))]
+    assert ids == [entry_id(t) for t in (0.0, 1.5, 3.0, 4.5)] and ids[0] == "0-1"
+    h = sink.redis.hgetall(sink.keys.stream("a"))
+    assert h["clips_tagged"] == "4" and h["last_t0"] == "4.5" and json.loads(h["latest"])["t0"] == 4.5
+
+
+def test_a_fenced_owner_can_write_nothing(sink):
+    old = own(sink, "b")
+    sink.commit("b", old, row(0.0))
+    new = own(sink, "b")  # the supervisor handed the stream to someone else
+    with pytest.raises(Fenced):
+        sink.commit("b", old, row(1.5))
+    with pytest.raises(Fenced):
+        sink.heartbeat("b", old)
+    with pytest.raises(Fenced):
+        sink.finish("b", old, StreamStatus.failed, reason="x", error="y")
+    assert sink.commit("b", new, row(1.5))
+    assert sink.redis.xlen(sink.keys.tags("b")) == 2
+
+
+def test_finishing_acks_the_job_and_dead_letters_a_failure(sink):
+    entry = sink.redis.xadd(sink.keys.ingest, {"url": "udp://127.0.0.1:5000"})
+    sink.redis.xreadgroup(sink.keys.group, "t", {sink.keys.ingest: ">"})
+    token = own(sink, "c")
+    with sink.redis.pubsub() as ps:
+        ps.subscribe(sink.keys.live("c"))
+        ps.get_message(timeout=1)
+        sink.finish("c", token, StreamStatus.failed, entry=entry, reason="not_found", error="404", url="udp://x")
+        msg = ps.get_message(timeout=2)
+    assert json.loads(msg["data"]) == {"event": "status", "status": "failed"}
+    assert sink.redis.xpending(sink.keys.ingest, sink.keys.group)["pending"] == 0
+    (_, dead), = sink.redis.xrange(sink.keys.dead)
+    assert dead["reason"] == "not_found" and dead["stream_id"] == "c"
+    h = sink.redis.hgetall(sink.keys.stream("c"))
+    assert h["status"] == "failed" and h["token"] == ""
+    assert sink.redis.hget(sink.keys.counters, "failures:not_found") == "1"
+    with pytest.raises(ValueError, match="final status"):
+        sink.finish("c", token, StreamStatus.running)
+
+
+def test_the_heartbeat_carries_the_stop_request(sink):
+    token = own(sink, "d")
+    assert sink.heartbeat("d", token, frames_decoded=10) is False
+    sink.redis.hset(sink.keys.stream("d"), "stop", 1)
+    assert sink.heartbeat("d", token) is True
+    assert sink.redis.hget(sink.keys.stream("d"), "frames_decoded") == "10"
+
+
+def test_results_are_published_live(sink):
+    token = own(sink, "e")
+    with sink.redis.pubsub() as ps:
+        ps.subscribe(sink.keys.live("e"))
+        ps.get_message(timeout=1)
+        sink.commit("e", token, row(0.0))
+        msg = ps.get_message(timeout=2)
+    assert json.loads(msg["data"])["data"]["t0"] == 0.0
+
+
+def test_a_stream_released_at_shutdown_is_queued_for_whoever_comes_next(sink):
+    token = own(sink, "f")
+    sink.commit("f", token, row(0.0))
+    assert sink.release("f", token)
+    h = sink.redis.hgetall(sink.keys.stream("f"))
+    assert h["status"] == "queued" and h["token"] == "" and h["owner"] == "" and h["last_t0"] == "0.0"
+    assert not sink.release("f", token)
