@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 
 
 class Batcher:
-    def __init__(self, fn: Callable[[list[Any]], list[Any]], max_batch_size: int, max_wait_s: float, name: str):
+    def __init__(self, fn: Callable[[list[Any]], list[Any]], max_batch_size: int, max_wait_s: float, name: str,
+                 on_batch: Callable[[int, float], None] | None = None):
         self.fn, self.max_batch_size, self.max_wait_s, self.name = fn, max_batch_size, max_wait_s, name
+        self.on_batch = on_batch  # (batch size, seconds) after every batch: metrics
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-batch")
@@ -65,7 +67,10 @@ class Batcher:
                         fut.set_exception(e)
                 continue
             finally:
-                self.busy_s += time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                self.busy_s += elapsed
+            if self.on_batch is not None:
+                self.on_batch(len(items), elapsed)
             self.batches += 1
             self.items += len(items)
             self.last_sizes = (self.last_sizes + [len(items)])[-1000:]

@@ -116,8 +116,9 @@ class StreamRunner:
     """Runs one stream until it ends, fails, is stopped or is taken away (fenced)."""
 
     def __init__(self, a: Assignment, pipeline: Pipeline, sink: Sink, spec: ClipSpec, settings: DecoderSettings,
-                 redis, keys, sidecar_cues=None):
+                 redis, keys, sidecar_cues=None, metrics=None):
         self.a, self.pipeline, self.sink, self.spec, self.settings = a, pipeline, sink, spec, settings
+        self.metrics = metrics  # actors.metrics.Metrics, or None (tests, benchmarks)
         self.redis, self.keys = redis, keys
         self.sidecar_cues = sidecar_cues
         self.stop_requested = threading.Event()
@@ -146,6 +147,7 @@ class StreamRunner:
                         if len(self._buffer) >= self.settings.max_in_flight:
                             self._buffer.popleft()
                             self.counters.dropped += 1
+                            self._metric("vbs_decoder_clips_dropped_total")
                     else:
                         while (len(self._buffer) >= self.settings.max_in_flight and generation == self._generation
                                and not self._stopping()):
@@ -164,6 +166,13 @@ class StreamRunner:
                 if generation == self._generation:
                     self._reader_done = outcome
                     self._cond.notify_all()
+
+    def _metric(self, name: str, value: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(name, value)
+
+    def frames_total(self) -> int:
+        return self.counters.frames + (self._reader.frames_decoded if self._reader else 0)
 
     def _stopping(self) -> bool:
         return self.stop_requested.is_set() or self.fenced.is_set()
@@ -285,6 +294,7 @@ class StreamRunner:
             failures_in_a_row += 1
             clips_before = self.counters.clips
             self.counters.reconnects += 1
+            self._metric("vbs_decoder_reconnects_total")
             log.info("stream %s: %s; reconnecting in %.1f s (attempt %d)", sid, err, backoff, failures_in_a_row)
             self.status = StreamStatus.reconnecting
             self.sink.set_status(sid, self.a.token, StreamStatus.reconnecting, error=str(err)[:500],
@@ -310,8 +320,11 @@ class StreamRunner:
         dropped = self.counters.dropped - dropped_reported
         if self.sink.commit(self.a.stream_id, self.a.token, row, dropped=dropped):
             self.counters.clips += 1
+            self._metric("vbs_pipeline_clips_tagged_total")
             if "latency_s" in row:
                 self.counters.latencies = (self.counters.latencies + [row["latency_s"]])[-2000:]
+                if self.metrics is not None:
+                    self.metrics.observe("vbs_tag_latency_seconds", row["latency_s"])
         else:
             self.counters.replayed += 1
             log.info("stream %s: clip %d at %.3f s was already written (replay)", self.a.stream_id, clip.index, clip.t0)
@@ -343,6 +356,10 @@ class DecoderActor:
         self.keys = keys_mod.Keys(settings.redis.prefix)
         self.redis = keys_mod.redis_client(settings.redis.url)
         self.sink = Sink(self.redis, self.keys, settings.redis.tags_maxlen, settings.redis.dead_maxlen)
+        from actors.metrics import Metrics
+
+        self.metrics = Metrics(self.redis, self.keys).start()
+        self._frames_reported: dict[int, int] = {}  # id(runner) -> frames already counted
         self.handles = stage_handles or {}
         self._pipeline_factory = pipeline_factory
         self._spec: ClipSpec | None = ClipSpec(**spec) if spec else None
@@ -375,7 +392,7 @@ class DecoderActor:
                 old.fenced.set()
         cues = self._sidecar(a)
         runner = StreamRunner(a, self._pipeline(hash(a.stream_id)), self.sink, self._clip_spec(), self.settings.decoder,
-                              self.redis, self.keys, cues)
+                              self.redis, self.keys, cues, self.metrics)
         with self._lock:
             self.runners[a.stream_id] = runner
         threading.Thread(target=self._run, args=(runner,), daemon=True, name=f"stream-{a.stream_id}").start()
@@ -394,9 +411,18 @@ class DecoderActor:
             log.warning("stream %s: ignoring sidecar subtitles: %s", a.stream_id, str(e)[:200])
         return None
 
+    def _count_frames(self, runner: StreamRunner) -> None:
+        total = runner.frames_total()
+        delta = total - self._frames_reported.get(id(runner), 0)
+        if delta > 0:
+            self._frames_reported[id(runner)] = total
+            self.metrics.inc("vbs_decoder_frames_decoded_total", delta)
+
     def _run(self, runner: StreamRunner) -> None:
         status = runner.run()
         with self._lock:
+            self._count_frames(runner)
+            self._frames_reported.pop(id(runner), None)
             if self.runners.get(runner.a.stream_id) is runner:
                 del self.runners[runner.a.stream_id]
             self.finished[status.value] = self.finished.get(status.value, 0) + 1
@@ -409,9 +435,10 @@ class DecoderActor:
             for r in runners:
                 try:
                     c = r.counters
-                    if self.sink.heartbeat(r.a.stream_id, r.a.token, owner=self.name, frames_decoded=c.frames +
-                                           (r._reader.frames_decoded if r._reader else 0), clips_dropped_total=c.dropped,
-                                           reconnects=c.reconnects):
+                    with self._lock:
+                        self._count_frames(r)
+                    if self.sink.heartbeat(r.a.stream_id, r.a.token, owner=self.name, frames_decoded=r.frames_total(),
+                                           clips_dropped_total=c.dropped, reconnects=c.reconnects):
                         r.stop_requested.set()
                 except Fenced:
                     r.fenced.set()
@@ -429,7 +456,7 @@ class DecoderActor:
             finished = dict(self.finished)
         lat = [x for r in runners for x in r.counters.latencies]
         return {"name": self.name, "streams": len(runners), "finished": finished,
-                "frames": sum(r.counters.frames + (r._reader.frames_decoded if r._reader else 0) for r in runners),
+                "frames": sum(r.frames_total() for r in runners),
                 "clips": sum(r.counters.clips for r in runners), "dropped": sum(r.counters.dropped for r in runners),
                 "reconnects": sum(r.counters.reconnects for r in runners), "latencies": lat}
 
@@ -451,6 +478,7 @@ class DecoderActor:
                 if not self.runners:
                     break
             time.sleep(0.05)
+        self.metrics.close()
         return len(runners)
 
 

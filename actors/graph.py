@@ -66,9 +66,10 @@ def start_graph(settings: Settings, name_prefix: str | None = None, ready_timeou
                 for i in range(cfg.replicas)]
 
     g.stages["video_encoder"] = stage(VideoEncoderActor, settings.video_encoder, settings.model_dir,
-                                      settings.video_encoder, settings.device)
-    g.stages["language"] = stage(LanguageActor, settings.language, settings.language)
-    g.stages["fusion"] = stage(FusionActor, settings.fusion, settings.model_dir, settings.fusion, settings.device)
+                                      settings.video_encoder, settings.device, settings.redis)
+    g.stages["language"] = stage(LanguageActor, settings.language, settings.language, settings.redis)
+    g.stages["fusion"] = stage(FusionActor, settings.fusion, settings.model_dir, settings.fusion, settings.device,
+                               settings.redis)
     start = time.monotonic()
     ray.get([a.ready.remote() for v in g.stages.values() for a in v], timeout=ready_timeout)
     log.info("model actors ready in %.1f s", time.monotonic() - start)

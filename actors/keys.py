@@ -29,6 +29,14 @@ class Keys:
     def counters(self) -> str:  # hash of pipeline-wide counters (streams by final status, failures by reason)
         return f"{self.prefix}:counters"
 
+    @property
+    def metrics(self) -> str:  # hash of Prometheus series recorded by every actor (actors/metrics.py)
+        return f"{self.prefix}:metrics"
+
+    @property
+    def supervisor(self) -> str:  # the supervisor's heartbeat (a timestamp with a TTL): is the graph running?
+        return f"{self.prefix}:supervisor"
+
     def stream(self, stream_id: str) -> str:  # hash: status, owner, checkpoint, counters, latest result
         return f"{self.prefix}:stream:{stream_id}"
 

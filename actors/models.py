@@ -8,7 +8,7 @@ import logging
 import os
 
 from actors.batching import Batcher
-from schemas.config import StageSettings
+from schemas.config import RedisSettings, StageSettings
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,20 @@ def _setup(settings: StageSettings, device: str):
 class _Batched:
     name = "stage"
 
-    def _init_batcher(self, stage, settings: StageSettings) -> None:
+    def _init_batcher(self, stage, settings: StageSettings, redis: RedisSettings | None) -> None:
         self.stage = stage
-        self.batcher = Batcher(stage, settings.max_batch_size, settings.max_wait_ms / 1000, self.name)
+        self.metrics = None
+        if redis is not None:
+            from actors.keys import Keys, redis_client
+            from actors.metrics import Metrics
+
+            self.metrics = Metrics(redis_client(redis.url), Keys(redis.prefix)).start()
+        self.batcher = Batcher(stage, settings.max_batch_size, settings.max_wait_ms / 1000, self.name, self._record)
+
+    def _record(self, size: int, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe("vbs_stage_batch_size", size, stage=self.name)
+            self.metrics.observe("vbs_stage_latency_seconds", seconds, stage=self.name)
 
     def stats(self) -> dict:
         return {"stage": self.name, **self.batcher.stats(), "batch_sizes": list(self.batcher.last_sizes)}
@@ -41,10 +52,10 @@ class _Batched:
 class VideoEncoderActor(_Batched):
     name = "video_encoder"
 
-    def __init__(self, model_dir: str, settings: StageSettings, device: str = "auto"):
+    def __init__(self, model_dir: str, settings: StageSettings, device: str = "auto", redis: RedisSettings | None = None):
         from actors.stages import VideoEncoderStage
 
-        self._init_batcher(VideoEncoderStage(model_dir, _setup(settings, device)), settings)
+        self._init_batcher(VideoEncoderStage(model_dir, _setup(settings, device)), settings, redis)
 
     def clip_spec(self) -> dict:
         s = self.stage.spec
@@ -58,11 +69,11 @@ class VideoEncoderActor(_Batched):
 class LanguageActor(_Batched):
     name = "language"
 
-    def __init__(self, settings: StageSettings):
+    def __init__(self, settings: StageSettings, redis: RedisSettings | None = None):
         from actors.stages import LanguageStage
 
         _setup(settings, "cpu")
-        self._init_batcher(LanguageStage(), settings)
+        self._init_batcher(LanguageStage(), settings, redis)
 
     async def encode(self, text: str) -> list[int]:
         return await self.batcher.submit(text)
@@ -71,10 +82,10 @@ class LanguageActor(_Batched):
 class FusionActor(_Batched):
     name = "fusion"
 
-    def __init__(self, model_dir: str, settings: StageSettings, device: str = "auto"):
+    def __init__(self, model_dir: str, settings: StageSettings, device: str = "auto", redis: RedisSettings | None = None):
         from actors.stages import FusionStage
 
-        self._init_batcher(FusionStage(model_dir, _setup(settings, device)), settings)
+        self._init_batcher(FusionStage(model_dir, _setup(settings, device)), settings, redis)
 
     def check_labels(self, template: str | None, labels: dict | None) -> str | None:
         """None if a stream's template and label sets can be used, else why not."""

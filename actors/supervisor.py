@@ -51,6 +51,7 @@ class Supervisor:
         self.call = call or _ray_call
         self.held: dict[str, Held] = {}
         self.ingested = 0
+        self._beat = 0.0
         self._ensure_group()
         self._adopt_pending()
 
@@ -245,6 +246,10 @@ class Supervisor:
 
     # -- loop ------------------------------------------------------------------------------------------
     def tick(self) -> None:
+        now = time.time()
+        if now - self._beat > 1.0:
+            self._beat = now
+            self.redis.set(self.keys.supervisor, f"{now:.3f}", ex=max(5, int(3 * self.settings.supervisor.lease_s)))
         self._check()
         self._read_new()
 

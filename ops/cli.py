@@ -426,8 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     ez.set_defaults(func=cmd_eval_zero_shot)
 
     up = sub.add_parser("up", help="run the service: Redis-fed streaming graph of Ray actors (Ctrl-C stops cleanly)",
-                        description="Start (or join) Ray and run the streaming graph: push stream URLs to the ingest "
-                                    "stream and tags appear in Redis while they play. Redis: --redis-url, else "
+                        description="Start (or join) Ray and run the streaming graph and the HTTP service (API, live "
+                                    "page, /metrics): push stream URLs to the ingest stream or POST /v1/streams and "
+                                    "tags appear in Redis and on the page while they play. Redis: --redis-url, else "
                                     "REDIS_URL, else 127.0.0.1:6379, else a redis-server started for the session.")
     up.add_argument("--redis-url", default=None, help="redis:// or rediss:// URL (password allowed; never logged)")
     up.add_argument("--model", default=None, help="model directory (default: model_dir of the config, models/demo)")
@@ -435,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto or ray://head:10001) "
                                                      "instead of starting a local Ray")
     up.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of a local Ray (actors ask for fractions)")
+    up.add_argument("--port", type=int, default=None, help="HTTP port of the API, live page and /metrics (default 8000)")
+    up.add_argument("--demo", action="store_true", help="also start a live demo stream (a held-out video of the model, "
+                                                        "looped over UDP by ffmpeg) and push it as stream 'demo'")
     up.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 

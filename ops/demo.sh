@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The main job: set up, build the default demo model once (quick preset, reused on later runs), and show
-# what it reached on held-out videos. Extra arguments go to `vbs train demo` (e.g. --preset full).
+# The main job: set up, build the default demo model once (quick preset, reused on later runs), show what it
+# reached on held-out videos, then run the whole service (streaming graph, HTTP API, live page, /metrics)
+# with a live demo stream, until Ctrl-C. Extra arguments go to `vbs up` (e.g. --port 8080 --config FILE);
+# VBS_PRESET=full builds the full-preset model instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ops/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 MODEL_DIR=${VBS_MODEL_DIR:-models/demo}
-.venv/bin/vbs train demo --out "$MODEL_DIR" "$@" > /dev/null
+.venv/bin/vbs train demo --out "$MODEL_DIR" --preset "${VBS_PRESET:-quick}" > /dev/null
 cat "$MODEL_DIR/model_card.md"
 video=$(ls "$MODEL_DIR"/data/heldout/*.mp4 | head -n 1)
 echo
@@ -20,3 +22,6 @@ for line in sys.stdin:
     t0, t1, align, sub = r["t0"], r["t1"], r["alignment"], r["subtitle"]
     print(f"{t0:6.1f}-{t1:5.1f} s  {top}  alignment={align}  subtitle={sub!r}")'
 echo "model: $MODEL_DIR (model_card.json has every figure)"
+echo
+echo "Starting the service with a live demo stream (Ctrl-C stops it):"
+exec .venv/bin/vbs up --model "$MODEL_DIR" --demo "$@"

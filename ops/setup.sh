@@ -4,10 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# System tools: ffmpeg serves the live test streams (HLS, UDP); redis-server lets `vbs up` start its own Redis.
+# System tools: ffmpeg serves the live test and demo streams (HLS, UDP); redis-server lets `vbs up` start its
+# own Redis; prometheus (with promtool) and chromium + chromedriver are what the metrics and page tests use.
 missing=""
 command -v ffmpeg >/dev/null || missing="$missing ffmpeg"
 command -v redis-server >/dev/null || missing="$missing redis-server"
+command -v promtool >/dev/null || missing="$missing prometheus"
+command -v chromium >/dev/null || missing="$missing chromium"
+command -v chromedriver >/dev/null || missing="$missing chromium-driver"
 if [ -n "$missing" ]; then
   echo "setup: installing$missing with apt-get" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -95,17 +95,27 @@ def run(args, env: dict) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    graph = None
+    graph = demo = None
     try:
         ctx = ray.init(address=args.address, namespace="vbs", include_dashboard=False, log_to_driver=args.verbose,
                        configure_logging=False, **({} if args.address else {"num_cpus": args.num_cpus}))
         graph = start_graph(settings)
         keys = graph.settings.redis.prefix
+        port = args.port or settings.api.port
+        start_service(settings, port)
+        page = f"http://{settings.api.host}:{port}/"
         print(f"vbs up: streaming graph running ({len(graph.decoders)} decoder(s); model {settings.model_dir})", flush=True)
         print(f"  redis:   {redact(url)}{' (started for this session)' if local else ''}", flush=True)
         print(f"  ray:     {getattr(ctx, 'address_info', {}).get('address') or args.address or 'local'}", flush=True)
         print(f"  ingest:  redis-cli -u {redact(url)} XADD {keys}:ingest '*' url <URL>   (or: vbs push URL)", flush=True)
         print(f"  tags:    {keys}:tags:<id> (stream), {keys}:stream:<id> (status), pub/sub {keys}:live:<id>", flush=True)
+        print(f"  http:    {page}  (live page; API under /v1, OpenAPI at /docs, metrics at /metrics)", flush=True)
+        if args.demo:
+            demo = DemoStream(Path(settings.model_dir))
+            demo.start()
+            job = {"url": demo.url, "stream_id": "demo"}
+            redis_client(url).xadd(f"{keys}:ingest", job)
+            print(f"  demo:    live stream 'demo' ({demo.url}, looping {demo.video.name}); watch it at {page}", flush=True)
         print("  Ctrl-C stops; running streams resume on the next start", flush=True)
         if args.ready_file:
             Path(args.ready_file).write_text(url)
@@ -114,12 +124,62 @@ def run(args, env: dict) -> int:
         print("vbs up: stopping", flush=True)
         return 0
     finally:
+        if demo is not None:
+            demo.stop()
+        if ray.is_initialized():
+            try:
+                from ray import serve
+
+                serve.shutdown()
+            except Exception as e:  # noqa: BLE001 - stopping goes on regardless
+                log.warning("serve did not shut down cleanly: %s", e)
         if graph is not None:
             graph.stop()
         if ray.is_initialized():
             ray.shutdown()
         if local is not None:
             local.stop()
+
+
+def start_service(settings: Settings, port: int) -> None:
+    """Ray Serve on `port`: the ingress (API, metrics, live page) and the on-demand tagger."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.start(http_options={"host": settings.api.host, "port": port})
+    serve.run(build_app(settings), name="vbs", route_prefix="/", blocking=False)
+
+
+class DemoStream:
+    """A live demo stream: ffmpeg loops a held-out video of the demo model in real time as MPEG-TS over UDP
+    on loopback (re-encoded with a keyframe every second, so the decoder joins at once)."""
+
+    def __init__(self, model_dir: Path):
+        videos = sorted((model_dir / "data" / "heldout").glob("*.mp4"))
+        if not videos or shutil.which("ffmpeg") is None:
+            raise FileNotFoundError(f"the demo stream needs ffmpeg and the held-out videos of {model_dir}/data/heldout")
+        self.video = max(videos, key=lambda p: p.stat().st_size)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"udp://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(self.video), "-map", "0:v:0",
+             "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-threads", "1", "-pix_fmt", "yuv420p",
+             "-force_key_frames", "expr:gte(t,n_forced*1)", "-f", "mpegts", f"{self.url}?pkt_size=1316"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def push(args, env: dict) -> int:

@@ -65,6 +65,32 @@ class SupervisorSettings(_Strict):
     max_attempts: int = Field(default=5, ge=1)  # reclaims of one stream before it fails for good
 
 
+class ApiSettings(_Strict):
+    """The HTTP service (Ray Serve ingress)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    keys: list[str] = []  # bearer API keys; when any is set, every /v1 route requires one
+    auth_health: bool = False  # whether /healthz and /readyz need a key too
+    auth_metrics: bool = False  # whether /metrics needs a key too
+    max_upload_bytes: int = Field(default=20_000_000, ge=1024)  # POST /v1/tag bodies (413 above)
+    max_upload_seconds: float = Field(default=30.0, gt=0)  # an uploaded clip longer than this is refused
+    page_limit: int = Field(default=200, ge=1, le=10_000)  # most items per page of a listing
+
+
+class TaggerSettings(_Strict):
+    """The on-demand tagger deployment behind POST /v1/tag (batches concurrent requests)."""
+
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(default=0.05, ge=0, le=10)
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    threads: int = Field(default=1, ge=1, le=64)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=4.0, gt=0)
+
+
 class Settings(_Strict):
     redis: RedisSettings = RedisSettings()
     model_dir: str = "models/demo"
@@ -75,6 +101,8 @@ class Settings(_Strict):
     language: StageSettings = StageSettings(num_cpus=0.25, max_batch_size=64)
     fusion: StageSettings = StageSettings(max_batch_size=32)
     supervisor: SupervisorSettings = SupervisorSettings()
+    api: ApiSettings = ApiSettings()
+    tagger: TaggerSettings = TaggerSettings()
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, redis_url: str | None = None, model_dir: str | None = None,
@@ -100,6 +128,9 @@ class Settings(_Strict):
             s.redis.url = env["REDIS_URL"]
         if redis_url:
             s.redis.url = redis_url
+        if s.url_policy.media_root:  # absolute now: actors and replicas may run in another directory
+            s.url_policy.media_root = str(Path(s.url_policy.media_root).expanduser().resolve())
         if model_dir:
             s.model_dir = model_dir
+        s.model_dir = str(Path(s.model_dir).expanduser().resolve())
         return s

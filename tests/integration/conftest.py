@@ -111,3 +111,85 @@ class Streams:
 @pytest.fixture(scope="session")
 def streams(graph) -> Streams:
     return Streams(graph.settings)
+
+
+API_KEY = "test-key-5f1c"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """The HTTP service of the session's graph, over real HTTP."""
+
+    def __init__(self, base: str, settings: Settings):
+        import requests
+
+        self.base, self.settings = base, settings
+        self.http = requests.Session()
+        self.auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def get(self, path: str, key: bool = True, **kw):
+        return self.http.get(self.url(path), headers=self.auth if key else {}, timeout=60, **kw)
+
+    def post(self, path: str, key: bool = True, **kw):
+        return self.http.post(self.url(path), headers={**(self.auth if key else {}), **kw.pop("headers", {})},
+                              timeout=120, **kw)
+
+    def delete(self, path: str, key: bool = True):
+        return self.http.delete(self.url(path), headers=self.auth if key else {}, timeout=60)
+
+    def configure(self, **api) -> None:
+        """Redeploy with other API settings: only the ingress's user_config changes (reconfigure, no restart)."""
+        from ray import serve
+
+        from deployments.app import build_app
+
+        s = self.settings.model_copy(deep=True)
+        for k, v in api.items():
+            setattr(s.api, k, v)
+        serve.run(build_app(s), name="vbs", route_prefix="/", blocking=False)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.http.get(self.url("/readyz"), headers=self.auth, timeout=10)
+                if last.status_code == 200:
+                    return
+            except requests.RequestException as e:
+                last = e
+            time.sleep(0.5)
+        raise AssertionError(f"service not ready after {timeout} s: {getattr(last, 'text', last)}")
+
+
+@pytest.fixture(scope="session")
+def service(graph) -> Service:
+    """Ray Serve on a free port with the ingress and tagger of the session's graph; API keys on."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    port = free_port()
+    settings = graph.settings.model_copy(deep=True)
+    settings.api.keys = [API_KEY]
+    settings.tagger.batch_wait_timeout_s = 0.5  # concurrent uploads land in one batch
+    settings.tagger.max_replicas = 1
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(settings), name="vbs", route_prefix="/", blocking=False)
+    svc = Service(f"http://127.0.0.1:{port}", settings)
+    svc.wait_ready()
+    yield svc
+    serve.shutdown()

@@ -1,0 +1,348 @@
+"""The HTTP service: a FastAPI ingress on Ray Serve in front of Redis (the streaming graph's state) and the
+on-demand tagger deployment.
+
+    POST   /v1/streams               queue a stream (the same job as XADD vbs:ingest) -> 202
+    GET    /v1/streams               streams, newest first, paged, with status
+    GET    /v1/streams/{id}          status, counters, last error, latest tags
+    DELETE /v1/streams/{id}          stop a stream
+    GET    /v1/streams/{id}/tags     results as the sink wrote them (?since=SECONDS&limit=N)
+    GET    /v1/streams/{id}/events   server-sent events: status changes and tags, live
+    POST   /v1/tag                   tag an uploaded short clip (body: the video bytes)
+    GET    /healthz /readyz /metrics /   health, readiness, Prometheus text, the live page
+
+Errors are JSON: {"error": {"code": ..., "message": ...}}. With API keys configured, every /v1 route needs
+`Authorization: Bearer KEY` (or `?access_token=KEY`, for EventSource, which cannot send headers)."""
+
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.tagger import Tagger
+from schemas.api import StreamAccepted, StreamRequest
+from schemas.config import Settings
+from schemas.streams import STREAM_ID, StreamStatus
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+api = FastAPI(title="videobert-stream", version="0.1.0",
+              description="Live VideoBERT tagging: queue video streams, read their tags live, tag clips on demand.")
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, e: ApiError):
+    return JSONResponse(error_body(e.code, e.message), status_code=e.status, headers=e.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, e: RequestValidationError):
+    parts = []
+    for err in e.errors()[:5]:
+        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {err.get('msg')}")
+    return JSONResponse(error_body("invalid_request", "; ".join(parts)), status_code=422)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, e: StarletteHTTPException):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+    return JSONResponse(error_body(code, str(e.detail)), status_code=e.status_code)
+
+
+def _public(h: dict) -> dict:
+    """A stream hash as the API shows it: no ownership token, numbers as numbers, the latest result parsed."""
+    out: dict[str, Any] = {}
+    for k, v in h.items():
+        if k in ("token", "stop", "owner_pid", "entry"):
+            continue
+        if k == "latest":
+            out[k] = json.loads(v) if v else None
+        elif k in ("clips_tagged", "clips_dropped", "clips_dropped_total", "frames_decoded", "reconnects", "attempts",
+                   "live"):
+            out[k] = int(v or 0)
+        elif k in ("created_at", "updated_at", "finished_at", "started_at", "heartbeat", "last_t0", "last_t1"):
+            out[k] = float(v) if v else None
+        elif k == "options":
+            out[k] = json.loads(v) if v else {}
+        else:
+            out[k] = v
+    out.setdefault("latest", None)
+    return out
+
+
+@serve.deployment(name="ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, settings: Settings, tagger, graph=None):
+        import redis.asyncio as aioredis
+
+        from actors.keys import Keys, redis_client
+
+        self.settings, self.tagger, self.graph = settings.model_copy(deep=True), tagger, graph
+        self.keys = Keys(settings.redis.prefix)
+        self.redis = aioredis.Redis.from_url(settings.redis.url, decode_responses=True, socket_connect_timeout=5,
+                                             health_check_interval=15)
+        self.sync_redis = redis_client(settings.redis.url)  # /metrics renders in a thread
+        self.page = PAGE.read_text() if PAGE.is_file() else "<h1>videobert-stream</h1>"
+
+    def reconfigure(self, config: dict) -> None:
+        """Live settings (Serve user_config): API keys and what they guard, changed without a restart."""
+        api = self.settings.api
+        api.keys = list(config.get("keys", []))
+        api.auth_health = bool(config.get("auth_health", False))
+        api.auth_metrics = bool(config.get("auth_metrics", False))
+
+    # -- auth ----------------------------------------------------------------------------------------
+    def _auth(self, request: Request, required: bool = True) -> None:
+        keys = self.settings.api.keys
+        if not keys or not required:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header.lower().startswith("bearer ") else request.query_params.get("access_token", "")
+        if not given or not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+            raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY)",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    async def _stream(self, stream_id: str) -> dict:
+        if not STREAM_ID.match(stream_id):
+            raise ApiError(404, "not_found", f"no stream {stream_id!r}")
+        h = await self.redis.hgetall(self.keys.stream(stream_id))
+        if not h:
+            raise ApiError(404, "not_found", f"no stream {stream_id!r}")
+        return h
+
+    # -- streams -------------------------------------------------------------------------------------
+    @api.post("/v1/streams", status_code=202, response_model=StreamAccepted)
+    async def create_stream(self, body: StreamRequest, request: Request):
+        self._auth(request)
+        job = body.to_job()
+        if job.stream_id:
+            status = await self.redis.hget(self.keys.stream(job.stream_id), "status")
+            if status and not StreamStatus(status).terminal:
+                raise ApiError(409, "conflict", f"stream {job.stream_id!r} is {status}; stop it first or use another id")
+        entry = await self.redis.xadd(self.keys.ingest, job.to_fields())
+        sid = job.stream_id or f"s{entry}"
+        return StreamAccepted(stream_id=sid, entry=entry, status="queued",
+                              links={"self": f"/v1/streams/{sid}", "tags": f"/v1/streams/{sid}/tags",
+                                     "events": f"/v1/streams/{sid}/events"})
+
+    @api.get("/v1/streams")
+    async def list_streams(self, request: Request, offset: int = Query(0, ge=0),
+                           limit: int = Query(50, ge=1), status: StreamStatus | None = None):
+        self._auth(request)
+        limit = min(limit, self.settings.api.page_limit)
+        total = await self.redis.zcard(self.keys.streams)
+        if status is None:
+            ids = await self.redis.zrevrange(self.keys.streams, offset, offset + limit - 1)
+        else:  # filtered: walk the newest streams (bounded) and page over the matches
+            ids = await self.redis.zrevrange(self.keys.streams, 0, 9_999)
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hgetall(self.keys.stream(sid))
+        rows = [_public({"stream_id": sid, **h}) for sid, h in zip(ids, await pipe.execute()) if h]
+        for r in rows:
+            r.pop("latest", None)
+        if status is not None:
+            rows = [r for r in rows if r.get("status") == status.value]
+            total = len(rows)
+            rows = rows[offset: offset + limit]
+        return {"streams": rows, "offset": offset, "limit": limit, "total": total}
+
+    @api.get("/v1/streams/{stream_id}")
+    async def get_stream(self, stream_id: str, request: Request):
+        self._auth(request)
+        return _public({"stream_id": stream_id, **await self._stream(stream_id)})
+
+    @api.delete("/v1/streams/{stream_id}", status_code=202)
+    async def stop_stream(self, stream_id: str, request: Request):
+        self._auth(request)
+        h = await self._stream(stream_id)
+        if StreamStatus(h["status"]).terminal:
+            return JSONResponse({"stream_id": stream_id, "status": h["status"]}, status_code=200)
+        await self.redis.hset(self.keys.stream(stream_id), "stop", 1)
+        return {"stream_id": stream_id, "status": "stopping"}
+
+    @api.get("/v1/streams/{stream_id}/tags")
+    async def get_tags(self, stream_id: str, request: Request, since: float | None = Query(None, ge=0),
+                       limit: int = Query(100, ge=1)):
+        from actors.sink import entry_id
+
+        self._auth(request)
+        await self._stream(stream_id)
+        limit = min(limit, self.settings.api.page_limit)
+        start = f"({entry_id(since)}" if since is not None else "-"
+        entries = await self.redis.xrange(self.keys.tags(stream_id), min=start, count=limit)
+        tags = [{"id": eid, **json.loads(f["data"])} for eid, f in entries]
+        return {"stream_id": stream_id, "tags": tags, "next_since": tags[-1]["t0"] if tags else since}
+
+    @api.get("/v1/streams/{stream_id}/events")
+    async def events(self, stream_id: str, request: Request):
+        self._auth(request)
+        h = await self._stream(stream_id)
+        channel = self.keys.live(stream_id)
+
+        async def feed():
+            pubsub = self.redis.pubsub()
+            await pubsub.subscribe(channel)
+            try:
+                first = _public({"stream_id": stream_id, **h})
+                yield f"event: status\ndata: {json.dumps({'status': first['status'], 'stream': first})}\n\n"
+                if first.get("latest"):
+                    yield f"event: tag\ndata: {json.dumps(first['latest'])}\n\n"
+                last_beat = time.monotonic()
+                while not await request.is_disconnected():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is None:
+                        if time.monotonic() - last_beat > 15:
+                            last_beat = time.monotonic()
+                            yield ": keep-alive\n\n"
+                        continue
+                    ev = json.loads(msg["data"])
+                    if ev.get("event") == "tag":
+                        yield f"event: tag\ndata: {json.dumps(ev['data'])}\n\n"
+                    else:
+                        yield f"event: status\ndata: {json.dumps({'status': ev.get('status')})}\n\n"
+            finally:
+                await pubsub.unsubscribe(channel)
+                await pubsub.aclose()
+
+        return StreamingResponse(feed(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- on-demand tagging ---------------------------------------------------------------------------
+    @api.post("/v1/tag")
+    async def tag(self, request: Request, template: str | None = Query(None, max_length=512),
+                  labels: str | None = Query(None, description='JSON: {"slot": ["word", ...]}')):
+        self._auth(request)
+        limit = self.settings.api.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, "too_large", f"upload of {declared} bytes exceeds the limit of {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, "too_large", f"upload exceeds the limit of {limit} bytes")
+        if not body:
+            raise ApiError(422, "empty_body", "send the video clip as the request body")
+        slots = None
+        if labels:
+            try:
+                slots = json.loads(labels)
+                from schemas.streams import StreamOptions
+
+                StreamOptions(labels=slots)
+            except (ValueError, TypeError) as e:
+                raise ApiError(422, "bad_labels", f"labels must be a JSON object of slot -> words: {e}"[:400]) from e
+        result = await self.tagger.tag.remote(bytes(body), template, slots, self.settings.api.max_upload_seconds)
+        if "error" in result:
+            err = result["error"]
+            raise ApiError(err["status"], err["code"], err["message"])
+        return result
+
+    # -- health, metrics, page -----------------------------------------------------------------------
+    @api.get("/healthz")
+    async def healthz(self, request: Request):
+        self._auth(request, self.settings.api.auth_health)
+        return {"ok": True}
+
+    @api.get("/readyz")
+    async def readyz(self, request: Request):
+        self._auth(request, self.settings.api.auth_health)
+        checks: dict[str, Any] = {}
+        try:
+            checks["redis"] = bool(await asyncio.wait_for(self.redis.ping(), 3))
+        except Exception as e:  # noqa: BLE001
+            checks["redis"] = False
+            checks["redis_error"] = type(e).__name__
+        try:
+            checks["model"] = (await asyncio.wait_for(self.tagger.ready.remote(), 5))["model"]
+        except Exception as e:  # noqa: BLE001
+            checks["model"] = False
+            checks["model_error"] = type(e).__name__
+        try:
+            beat = await self.redis.get(self.keys.supervisor) if checks["redis"] else None
+            checks["graph"] = beat is not None and time.time() - float(beat) < 3 * self.settings.supervisor.lease_s
+        except Exception:  # noqa: BLE001
+            checks["graph"] = False
+        ok = checks["redis"] and checks["model"] and checks["graph"]
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @api.get("/metrics")
+    async def metrics(self, request: Request):
+        from actors.metrics import CONTENT_TYPE, render
+
+        self._auth(request, self.settings.api.auth_metrics)
+        text = await asyncio.to_thread(render, self.sync_redis, self.keys)
+        return Response(text, media_type=CONTENT_TYPE)
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self):
+        return HTMLResponse(self.page)
+
+
+def build_app(settings: Settings, with_graph: bool = False):
+    """The Serve application: the ingress bound to a tagger deployment with the configured autoscaling (and,
+    with_graph, a deployment that runs the streaming graph too)."""
+    t = settings.tagger
+    tagger = Tagger.options(
+        autoscaling_config={"min_replicas": t.min_replicas, "max_replicas": t.max_replicas,
+                            "target_ongoing_requests": t.target_ongoing_requests},
+        ray_actor_options={"num_cpus": t.num_cpus, "num_gpus": t.num_gpus},
+    ).bind(settings.model_dir, t, settings.device)
+    api = settings.api
+    live = {"keys": list(api.keys), "auth_health": api.auth_health, "auth_metrics": api.auth_metrics}
+    quiet = settings.model_copy(deep=True)
+    quiet.api.keys = []  # the keys travel as user_config (reconfigure), so changing them restarts nothing
+    graph = GraphKeeper.bind(settings) if with_graph else None
+    return Ingress.options(ray_actor_options={"num_cpus": 0}, user_config=live).bind(quiet, tagger, graph)
+
+
+def app_builder(args: dict):
+    """For `serve run` / `serve deploy` (see ops/serve.yaml): args config, model, redis_url."""
+    settings = Settings.load(args.get("config"), model_dir=args.get("model"), redis_url=args.get("redis_url"))
+    return build_app(settings, with_graph=bool(args.get("graph", True)))
+
+
+@serve.deployment(name="graph", num_replicas=1, ray_actor_options={"num_cpus": 0})
+class GraphKeeper:
+    """For `serve run` / `serve deploy`: keeps the streaming graph (supervisor, decoders, model actors)
+    running as long as the application is deployed. `vbs up` starts the graph itself instead."""
+
+    def __init__(self, settings: Settings):
+        from actors.graph import start_graph
+
+        self.graph = start_graph(settings)
+
+    def check_health(self) -> None:
+        import ray
+
+        ray.get(self.graph.supervisor.ready.remote(), timeout=30)
+
+    def __del__(self):
+        graph = getattr(self, "graph", None)
+        if graph is not None:
+            graph.stop()
