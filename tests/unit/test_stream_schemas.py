@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from schemas.config import Settings
@@ -47,7 +49,8 @@ def test_settings_from_file_env_and_flags(tmp_path):
     cfg.write_text('model_dir = "m"\n[decoder]\nreplicas = 3\n[fusion]\nnum_gpus = 0.5\n')
     s = Settings.load(cfg, env={"REDIS_URL": "redis://other:6379/1"})
     assert s.decoder.replicas == 3 and s.fusion.num_gpus == 0.5 and s.redis.url == "redis://other:6379/1"
-    assert Settings.load(cfg, redis_url="redis://flag/0", model_dir="x", env={}).model_dir == "x"
+    flagged = Settings.load(cfg, redis_url="redis://flag/0", model_dir="x", env={})
+    assert flagged.model_dir == str(Path("x").resolve()) and flagged.redis.url == "redis://flag/0"
 
 
 @pytest.mark.parametrize("text, message", [
