@@ -95,11 +95,13 @@ def run_step(n: int, mode: str, source: Path, settings, seconds: float, warmup: 
             time.sleep(seconds)
             t_end = time.time()
             stats = {}
-            lat, per_stream, dropped = [], [], 0
+            lat, per_stream, dropped, lagging = [], [], 0, {}
             for i in range(n):
                 sid = f"b{i}"
                 h = r.hgetall(keys.stream(sid))
                 per_stream.append(int(h.get("clips_tagged") or 0) - start[sid])
+                if per_stream[-1] < (t_end - t_start) / 1.5 - 1.5:  # say why a stream fell short
+                    lagging[sid] = {k: h.get(k) for k in ("status", "reason", "error", "reconnects", "clips_tagged")}
                 dropped += int(h.get("clips_dropped") or 0)
                 started = float(h.get("started_at") or 0)
                 for _, f in r.xrange(keys.tags(sid)):
@@ -120,7 +122,8 @@ def run_step(n: int, mode: str, source: Path, settings, seconds: float, warmup: 
                   "clips_expected_per_stream": round(expected, 1),
                   "clips_min_per_stream": min(per_stream), "clips_mean_per_stream": round(float(np.mean(per_stream)), 2),
                   "dropped": dropped, "latency_p50_s": round(float(np.nanpercentile(lat_a, 50)), 3),
-                  "latency_p95_s": round(float(np.nanpercentile(lat_a, 95)), 3), "latency_n": len(lat)}
+                  "latency_p95_s": round(float(np.nanpercentile(lat_a, 95)), 3), "latency_n": len(lat),
+                  "short_streams": lagging}
         if stats:
             result["batch_mean"] = {k: stats[k][0]["mean_batch"] for k in ("video_encoder", "fusion")}
         return result

@@ -439,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=None, help="HTTP port of the API, live page and /metrics (default 8000)")
     up.add_argument("--demo", action="store_true", help="also start a live demo stream (a held-out video of the model, "
                                                         "looped over UDP by ffmpeg) and push it as stream 'demo'")
+    up.add_argument("--demo-port", type=int, default=55600, help="UDP port of the demo stream (default 55600)")
     up.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
 

@@ -111,11 +111,23 @@ def run(args, env: dict) -> int:
         print(f"  tags:    {keys}:tags:<id> (stream), {keys}:stream:<id> (status), pub/sub {keys}:live:<id>", flush=True)
         print(f"  http:    {page}  (live page; API under /v1, OpenAPI at /docs, metrics at /metrics)", flush=True)
         if args.demo:
-            demo = DemoStream(Path(settings.model_dir))
+            demo = DemoStream(Path(settings.model_dir), args.demo_port)
             demo.start()
-            job = {"url": demo.url, "stream_id": "demo"}
-            redis_client(url).xadd(f"{keys}:ingest", job)
-            print(f"  demo:    live stream 'demo' ({demo.url}, looping {demo.video.name}); watch it at {page}", flush=True)
+            r = redis_client(url)
+            status, old_url = r.hmget(f"{keys}:stream:demo", "status", "url")
+            if status not in (None, "finished", "failed", "stopped") and old_url != demo.url:
+                r.hset(f"{keys}:stream:demo", "stop", 1)  # an earlier demo on another port: end it first
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and status not in ("finished", "failed", "stopped"):
+                    time.sleep(0.2)
+                    status = r.hget(f"{keys}:stream:demo", "status")
+            if status in (None, "finished", "failed", "stopped"):
+                r.xadd(f"{keys}:ingest", {"url": demo.url, "stream_id": "demo"})
+                how = "queued"
+            else:  # left queued by an earlier Ctrl-C: it resumes on the same port
+                how = "resumed"
+            print(f"  demo:    live stream 'demo' {how} ({demo.url}, looping {demo.video.name}); watch it at {page}",
+                  flush=True)
         print("  Ctrl-C stops; running streams resume on the next start", flush=True)
         if args.ready_file:
             Path(args.ready_file).write_text(url)
@@ -155,14 +167,12 @@ class DemoStream:
     """A live demo stream: ffmpeg loops a held-out video of the demo model in real time as MPEG-TS over UDP
     on loopback (re-encoded with a keyframe every second, so the decoder joins at once)."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, port: int = 55600):
         videos = sorted((model_dir / "data" / "heldout").glob("*.mp4"))
         if not videos or shutil.which("ffmpeg") is None:
             raise FileNotFoundError(f"the demo stream needs ffmpeg and the held-out videos of {model_dir}/data/heldout")
         self.video = max(videos, key=lambda p: p.stat().st_size)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = port  # fixed, so that a demo stream left queued by Ctrl-C resumes on the next start
         self.url = f"udp://127.0.0.1:{self.port}"
         self.proc = None
 
