@@ -219,3 +219,21 @@ def test_a_dropped_connection_is_retried_then_recorded(streams, media):
         streams.push(srv.url, "drop-1")
         h = streams.wait("drop-1", {"failed", "finished"}, timeout=90)
     assert h["status"] == "failed" and int(h.get("reconnects", 0)) >= 1, h
+
+
+def test_sidecar_subtitles_from_a_url_reach_the_tags(streams, media, tmp_path):
+    import subprocess
+
+    video = heldout(media)[1]
+    bare = tmp_path / "bare.mp4"  # the same video without its embedded subtitle track
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-map", "0:v", "-c", "copy", str(bare)], check=True)
+    (tmp_path / "bare.srt").write_text(video.with_suffix(".srt").read_text())
+    with HttpServer(tmp_path) as http:
+        streams.push(http.url("bare.mp4"), "sidecar-1", subtitles_url=http.url("bare.srt"))
+        h = streams.wait("sidecar-1", {"finished", "failed"}, timeout=120)
+    assert h["status"] == "finished", json.dumps(h)
+    with_sub = [r for _, r in streams.tags("sidecar-1") if r["subtitle"]]
+    from videobert.reader import read_video
+
+    expected = [c.text for c in read_video(video).clips if c.text]
+    assert len(with_sub) == len(expected) > 0 and with_sub[0]["alignment"] is not None
