@@ -58,6 +58,13 @@ def start_graph(settings: Settings, name_prefix: str | None = None, ready_timeou
 
     prefix = name_prefix or settings.redis.prefix
     g = Graph(settings)
+    need = (sum(c.num_cpus * c.replicas for c in (settings.video_encoder, settings.language, settings.fusion))
+            + settings.decoder.num_cpus * settings.decoder.replicas)
+    have = ray.cluster_resources().get("CPU", 0)
+    if need > have:
+        log.warning("the graph asks Ray for %.2f CPUs but the cluster has %.0f: actors wait for an autoscaler. "
+                    "Locally, start Ray with more logical CPUs (ray start --head --num-cpus 8; vbs up does so) "
+                    "or lower num_cpus in the config", need, have)
     opts = dict(max_restarts=-1, max_task_retries=0)
 
     def stage(cls, cfg, *args):
@@ -71,7 +78,11 @@ def start_graph(settings: Settings, name_prefix: str | None = None, ready_timeou
     g.stages["fusion"] = stage(FusionActor, settings.fusion, settings.model_dir, settings.fusion, settings.device,
                                settings.redis)
     start = time.monotonic()
-    ray.get([a.ready.remote() for v in g.stages.values() for a in v], timeout=ready_timeout)
+    try:
+        ray.get([a.ready.remote() for v in g.stages.values() for a in v], timeout=ready_timeout)
+    except ray.exceptions.GetTimeoutError as e:
+        raise RuntimeError(f"the model actors did not start within {ready_timeout:.0f} s: they ask for {need:.2f} "
+                           f"CPUs and the Ray cluster has {have:.0f} (see num_cpus in the config)") from e
     log.info("model actors ready in %.1f s", time.monotonic() - start)
     spec = ray.get(g.stages["video_encoder"][0].clip_spec.remote())
     for i in range(settings.decoder.replicas):
