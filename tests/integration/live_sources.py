@@ -72,6 +72,19 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     For targets that another process binds later (ffmpeg's UDP destination). Servers in this module bind
     port 0 themselves, which has no race.
     """
+    if kind == socket.SOCK_DGRAM:
+        # UDP receive ports come from below the kernel's ephemeral range (32768-60999 here): ffmpeg's senders
+        # bind an ephemeral source port each, which could otherwise take a port a receiver binds later
+        import random
+
+        for _ in range(200):
+            port = random.randint(20000, 29999)
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
