@@ -66,6 +66,9 @@ __all__ = ["FFMPEG", "HOST", "free_port", "udp_port_bound", "wait_udp_bound", "H
            "paced_udp_streams", "SilentTcpServer", "DroppingHttpServer"]
 
 
+_UDP_HANDED_OUT: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A port that was free on 127.0.0.1 a moment ago (bind port 0, read it, release it).
 
@@ -77,13 +80,16 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         # bind an ephemeral source port each, which could otherwise take a port a receiver binds later
         import random
 
-        for _ in range(200):
+        for _ in range(1000):
             port = random.randint(20000, 29999)
+            if port in _UDP_HANDED_OUT:  # nothing holds a port until its receiver binds it: never hand it out twice
+                continue
             with socket.socket(socket.AF_INET, kind) as s:
                 try:
                     s.bind((HOST, port))
                 except OSError:
                     continue
+                _UDP_HANDED_OUT.add(port)
                 return port
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((HOST, 0))
