@@ -11,7 +11,6 @@ beats their hearts in Redis."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -501,8 +500,3 @@ def _fetch_text(url: str, limit: int = 2_000_000) -> str:
     if len(data) > limit:
         raise ValueError(f"subtitle file larger than {limit} bytes")
     return data.decode("utf-8", "replace")
-
-
-def assignment_from_json(raw: str) -> Assignment:
-    d = json.loads(raw)
-    return Assignment(d["stream_id"], d["token"], IngestJob.model_validate(d["job"]), d.get("entry", ""), d.get("url", ""))

@@ -153,8 +153,7 @@ class SourceReader:
             embedded = False
             cutter: ClipCutter | None = None
             self._wall_offset = float("inf")
-            base = 0.0  # stream time of media time `offset` (live: seconds since started_at at connect)
-            connect_wall = time.time()
+            base = 0.0  # stream time minus media time (live: seconds since started_at, fixed at the first frame)
             n = 0
             try:
                 for pkt in container.demux(vs, *text):
@@ -179,8 +178,7 @@ class SourceReader:
                         self._wall_offset = min(self._wall_offset, time.time() - media_t)
                         if cutter is None:
                             if self.live:
-                                connect_wall = time.time()
-                                base = (connect_wall - self.started_at) - media_t
+                                base = (time.time() - self.started_at) - media_t
                             cutter = self._cutter(media_t + base)
                         for index, t0, t1, arr in cutter.push(media_t + base, frame):
                             yield self._clip(index, t0, t1, arr, cues, base)

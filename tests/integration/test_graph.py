@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.integration.live_sources import DroppingHttpServer, HttpServer, LiveHls, UdpSender
