@@ -99,6 +99,7 @@ class Assignment:
     job: IngestJob
     entry: str = ""  # ingest entry id, acked when the stream ends
     url: str = ""  # what to open (the policy's answer: an absolute path for files)
+    subtitles: str = ""  # the job's subtitles_url as the policy answered it, or ""
 
 
 @dataclass
@@ -402,8 +403,8 @@ class DecoderActor:
         from videobert import subtitles
 
         try:
-            if a.job.subtitles_url:
-                return subtitles.parse(_fetch_text(a.job.subtitles_url))
+            if a.subtitles:
+                return subtitles.parse(_fetch_text(a.subtitles))
             if scheme_of(a.url) == "file" and (p := subtitles.find_sidecar(a.url)) is not None:
                 return subtitles.read_sidecar(p)
         except Exception as e:  # noqa: BLE001 - subtitles are optional: the stream runs without them
@@ -489,8 +490,8 @@ def _short_error(e: Exception) -> str:
 
 def _fetch_text(url: str, limit: int = 2_000_000) -> str:
     """A sidecar subtitle file over HTTP(S) or from disk, at most `limit` bytes."""
-    if scheme_of(url) == "file":
-        with open(url.removeprefix("file://"), "rb") as f:
+    if scheme_of(url) == "file":  # an absolute path: check_url resolved it under the media root
+        with open(url, "rb") as f:
             data = f.read(limit + 1)
     else:
         import urllib.request

@@ -46,7 +46,7 @@ if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'reason', ARGV[4], 'finished_at', ARGV[5],
            'updated_at', ARGV[5], 'token', '')
 if ARGV[2] == 'failed' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'stream_id', ARGV[8], 'url', ARGV[9],
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'stream_id', ARGV[8], 'entry', ARGV[7], 'url', ARGV[9],
              'reason', ARGV[4], 'error', ARGV[3])
 end
 if ARGV[7] ~= '' then redis.call('XACK', KEYS[3], ARGV[6], ARGV[7]) end

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from actors.decoder import Assignment
 from actors.keys import Keys, redis_client
+from actors.sink import Fenced, Sink
 from actors.url_policy import UrlRefused, check_url, redact
 from schemas.config import Settings
 from schemas.streams import IngestJob, JobError, StreamStatus
@@ -34,6 +35,7 @@ class Held:
     entry: str
     job: IngestJob
     url: str
+    subtitles: str = ""  # the policy's answer for the job's subtitles_url (an absolute path for files)
     decoder: str | None = None
     token: str = ""
     since: float = 0.0
@@ -49,6 +51,7 @@ class Supervisor:
         self.keys = Keys(settings.redis.prefix)
         self.redis = redis_client(settings.redis.url)
         self.call = call or _ray_call
+        self.sink = Sink(self.redis, self.keys, settings.redis.tags_maxlen, settings.redis.dead_maxlen)
         self.held: dict[str, Held] = {}
         self.ingested = 0
         self._beat = 0.0
@@ -85,10 +88,12 @@ class Supervisor:
                     continue
                 try:
                     url = check_url(job.url, self.settings.url_policy)
+                    subs = check_url(job.subtitles_url, self.settings.url_policy) if job.subtitles_url else ""
                 except UrlRefused as e:
                     self._refuse(sid, entry, job, e)
                     continue
-                self.held[sid] = Held(entry, job, url, decoder=h.get("owner") or None, token=h.get("token", ""),
+                self.held[sid] = Held(entry, job, url, subtitles=subs, decoder=h.get("owner") or None,
+                                      token=h.get("token", ""),
                                       since=time.time(), attempts=int(h.get("attempts", 0)))
                 log.info("stream %s: adopted after a restart (owner %s)", sid, h.get("owner"))
 
@@ -120,7 +125,7 @@ class Supervisor:
         now = time.time()
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(key, self.keys.tags(sid))  # a stream id used again starts afresh
-        pipe.hset(key, mapping={"stream_id": sid, "status": StreamStatus.queued.value, "url": redact(job.url),
+        pipe.hset(key, mapping={"stream_id": sid, "status": StreamStatus.queued.value, "url": redact(job.url), "token": "",
                                 "entry": entry, "created_at": f"{now:.3f}", "updated_at": f"{now:.3f}",
                                 "attempts": 0, "stop": 0, "clips_tagged": 0, "clips_dropped": 0,
                                 "options": json.dumps(job.options.model_dump(exclude_none=True))})
@@ -128,12 +133,11 @@ class Supervisor:
         pipe.execute()
         try:
             url = check_url(job.url, self.settings.url_policy)
-            if job.subtitles_url:
-                check_url(job.subtitles_url, self.settings.url_policy)
+            subs = check_url(job.subtitles_url, self.settings.url_policy) if job.subtitles_url else ""
         except UrlRefused as e:
             self._refuse(sid, entry, job, e)
             return
-        self.held[sid] = Held(entry, job, url)
+        self.held[sid] = Held(entry, job, url, subtitles=subs)
         self._assign(sid)
 
     def _refuse(self, sid: str, entry: str, job: IngestJob, e: UrlRefused) -> None:
@@ -159,7 +163,7 @@ class Supervisor:
             self.redis.hset(self.keys.stream(sid), mapping={"token": token, "owner": name, "attempts": h.attempts,
                                                             "status": StreamStatus.starting.value,
                                                             "heartbeat": f"{time.time():.3f}"})
-            a = Assignment(sid, token, h.job, h.entry, h.url)
+            a = Assignment(sid, token, h.job, h.entry, h.url, h.subtitles)
             try:
                 ok = self.call(self.decoders[name], "start_stream", a)
             except Exception as e:  # noqa: BLE001 - a dead decoder: try the next one
@@ -222,18 +226,14 @@ class Supervisor:
     # -- endings the supervisor writes itself --------------------------------------------------------
     def _fail(self, sid: str, entry: str, reason: str, error: str, url: str,
               status: StreamStatus = StreamStatus.failed) -> None:
-        now = f"{time.time():.3f}"
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.stream(sid), mapping={"status": status.value, "reason": reason, "error": error[:1000],
-                                                  "token": "", "finished_at": now, "updated_at": now})
-        if status == StreamStatus.failed:
-            pipe.xadd(self.keys.dead, {"stream_id": sid, "entry": entry, "url": url, "reason": reason, "error": error[:1000]},
-                      maxlen=self.settings.redis.dead_maxlen, approximate=True)
-            pipe.hincrby(self.keys.counters, f"failures:{reason}", 1)
-        pipe.hincrby(self.keys.counters, f"streams_{status.value}", 1)
-        pipe.xack(self.keys.ingest, self.keys.group, entry)
-        pipe.publish(self.keys.live(sid), json.dumps({"event": "status", "status": status.value}))
-        pipe.execute()
+        """End a stream no decoder is running, through the sink's own ending (status, dead letter, counters,
+        ack, event in one script), under the stream's current token: a decoder still holding it is fenced."""
+        token = self.redis.hget(self.keys.stream(sid), "token") or ""
+        try:
+            self.sink.finish(sid, token, status, entry=entry, error=error, reason=reason, url=url)
+        except Fenced:  # the token changed between the read and the script: the next tick looks again
+            log.info("stream %s: changed hands while ending it; retrying on the next tick", sid)
+            return
         self.held.pop(sid, None)
 
     def _dead_and_ack(self, entry: str, reason: str, error: str, url: str = "", stream_id: str = "") -> None:
