@@ -47,6 +47,20 @@ def runner(env, stages, url: str, pipeline=None, **settings) -> StreamRunner:
                         Sink(r, keys), enc.spec, cfg, r, keys)
 
 
+@pytest.fixture(scope="module")
+def video(trained_model):
+    return sorted((trained_model / "data" / "heldout").glob("*.mp4"))[0]
+
+
+def run_then_stop(run: StreamRunner, seconds: float) -> None:
+    """Run the stream in a thread for `seconds`, then ask it to stop and wait for it to end."""
+    t = threading.Thread(target=run.run)
+    t.start()
+    time.sleep(seconds)
+    run.stop_requested.set()
+    t.join(30)
+
+
 def status(env, run: StreamRunner) -> dict:
     r, keys = env
     return r.hgetall(keys.stream(run.a.stream_id))
@@ -63,8 +77,7 @@ def test_a_source_that_accepts_and_sends_nothing_is_abandoned_by_the_watchdog(en
     assert h["reason"] == "stalled" and int(h["reconnects"]) == 1, h
 
 
-def test_huge_frames_are_refused(env, stages, trained_model):
-    video = sorted((trained_model / "data" / "heldout").glob("*.mp4"))[0]
+def test_huge_frames_are_refused(env, stages, video):
     run = runner(env, stages, str(video), max_frame_pixels=64 * 64)
     assert run.run() == StreamStatus.failed
     h = status(env, run)
@@ -87,23 +100,17 @@ class SlowPipeline(LocalPipeline):
         return handle
 
 
-def test_a_live_source_drops_its_oldest_clips_when_the_model_falls_behind(env, stages, trained_model):
-    video = sorted((trained_model / "data" / "heldout").glob("*.mp4"))[0]
+def test_a_live_source_drops_its_oldest_clips_when_the_model_falls_behind(env, stages, video):
     with UdpSender(video, loop=True, reencode=True) as udp:
         run = runner(env, stages, udp.url, pipeline=SlowPipeline(*stages), max_in_flight=1)
-        t = threading.Thread(target=run.run)
-        t.start()
-        time.sleep(16)
-        run.stop_requested.set()
-        t.join(30)
+        run_then_stop(run, 16)
     h = status(env, run)
     assert h["status"] == "stopped"
     assert int(h.get("clips_dropped", 0)) >= 1 and run.counters.dropped >= 1, h
     assert int(h["clips_tagged"]) >= 2
 
 
-def test_a_file_waits_for_the_model_instead_of_dropping(env, stages, trained_model):
-    video = sorted((trained_model / "data" / "heldout").glob("*.mp4"))[0]
+def test_a_file_waits_for_the_model_instead_of_dropping(env, stages, video):
     pipe = LocalPipeline(*stages)
     real_submit = pipe.submit
 
@@ -118,13 +125,8 @@ def test_a_file_waits_for_the_model_instead_of_dropping(env, stages, trained_mod
     assert run.counters.dropped == 0 and r.xlen(keys.tags(run.a.stream_id)) == run.counters.clips > 5
 
 
-def test_a_stop_request_ends_a_file_stream_cleanly(env, stages, trained_model):
-    video = sorted((trained_model / "data" / "heldout").glob("*.mp4"))[0]
+def test_a_stop_request_ends_a_file_stream_cleanly(env, stages, video):
     run = runner(env, stages, str(video), pipeline=SlowPipeline(*stages))
-    t = threading.Thread(target=run.run)
-    t.start()
-    time.sleep(6)
-    run.stop_requested.set()
-    t.join(30)
+    run_then_stop(run, 6)
     h = status(env, run)
     assert h["status"] == "stopped" and 1 <= int(h["clips_tagged"]) < 8, h
