@@ -52,7 +52,7 @@ def cmd_train_encoder(a: argparse.Namespace) -> int:
     from videobert.train_encoder import EncoderTrainConfig, train_encoder
 
     cfg = EncoderTrainConfig(arch=a.arch, clip_frames=a.frames, clip_size=a.size, epochs=a.epochs,
-                             batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+                             batch_size=a.batch_size, lr=a.lr, word_weight=a.word_weight, seed=a.seed)
     s = train_encoder(a.data, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet)
     print(json.dumps(s, indent=1))
     return 0
@@ -295,10 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--out", required=True, help="checkpoint directory")
     te.add_argument("--arch", default="conv3d-small", help="registered video encoder (default conv3d-small)")
     te.add_argument("--frames", type=int, default=8, help="frames per 1.5 s clip (default 8)")
-    te.add_argument("--size", type=int, default=64, help="frame size (default 64)")
+    te.add_argument("--size", type=int, default=64, help="frame size (default 64; conv3d-fovea wants 128)")
     te.add_argument("--epochs", type=int, default=12)
     te.add_argument("--batch-size", type=int, default=96)
     te.add_argument("--lr", type=float, default=2e-3)
+    te.add_argument("--word-weight", type=float, default=1.0,
+                    help="weight of predicting the words spoken near each clip, next to MIL-NCE (0: off; default 1)")
     te.add_argument("--seed", type=int, default=0)
     _runtime_args(te)
     te.set_defaults(func=cmd_train_encoder)

@@ -44,9 +44,9 @@ class Preset:
 
 PRESETS = {
     # many short videos beat few long ones: each video brings a new background and new scenes
-    "quick": Preset(train_videos=200, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=6,
+    "quick": Preset(train_videos=200, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=12,
                     vocab_depth=2, vocab_branching=12, pretrain_steps=450),
-    "full": Preset(train_videos=800, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=10,
+    "full": Preset(train_videos=800, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=16,
                    vocab_depth=2, vocab_branching=12, pretrain_steps=3000),
 }
 

@@ -105,6 +105,74 @@ class Conv3DEncoder(VideoEncoder):
         return self.proj(torch.cat(pooled, dim=1))
 
 
+def motion_centre(x: torch.Tensor, smooth: int = 9) -> torch.Tensor:
+    """(B, 3, T, H, W) float clips -> (B, 2) integer (row, col) of the place that changes most over the clip:
+    the frame-to-frame change summed over time and colour, box-smoothed, argmax (the centre for a still clip)."""
+    b, _, _, h, w = x.shape
+    energy = (x[:, :, 1:] - x[:, :, :-1]).abs().sum(dim=(1, 2))  # (B, H, W)
+    energy = nn.functional.avg_pool2d(energy[:, None], smooth, stride=1, padding=smooth // 2,
+                                      count_include_pad=False)[:, 0]
+    flat = energy.flatten(1)
+    idx = flat.argmax(dim=1)
+    still = flat.max(dim=1).values <= 1e-6
+    rows = torch.where(still, torch.full_like(idx, h // 2), idx // w)
+    cols = torch.where(still, torch.full_like(idx, w // 2), idx % w)
+    return torch.stack([rows, cols], dim=1)
+
+
+def crop_at(x: torch.Tensor, centre: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, C, T, size, size) windows centred on `centre` (B, 2), shifted to stay inside."""
+    b, c, t, h, w = x.shape
+    r0 = (centre[:, 0] - size // 2).clamp(0, h - size)
+    c0 = (centre[:, 1] - size // 2).clamp(0, w - size)
+    ar = torch.arange(size, device=x.device)
+    rows = (r0[:, None] + ar[None]).view(b, 1, 1, size, 1).expand(b, c, t, size, w)
+    x = x.gather(3, rows)
+    cols = (c0[:, None] + ar[None]).view(b, 1, 1, 1, size).expand(b, c, t, size, size)
+    return x.gather(4, cols)
+
+
+@register("conv3d-fovea")
+class FoveaEncoder(VideoEncoder):
+    """Two views of a clip: the whole frame (the conv3d-small network, for the motion and the scene) and a
+    fovea, a window that follows the place where the picture changes most, seen at twice the detail. What
+    acts is usually small: the fovea gives its form the pixels the whole-frame view averages away.
+
+    Input clips are `size` pixels square (the reader's clip size); the whole-frame view is that
+    downsampled by 2, the fovea a `fovea` x `fovea` window of the full-size clip."""
+
+    def __init__(self, width: int = 16, feature_dim: int = 256, fovea: int = 48, fovea_width: int = 16):
+        super().__init__()
+        self.width, self.feature_dim, self.fovea, self.fovea_width = width, feature_dim, fovea, fovea_width
+        self.whole = Conv3DEncoder(width=width, feature_dim=feature_dim, motion=True, attention=True)
+        f = fovea_width
+        self.fovea_net = nn.Sequential(
+            _block(6, f, (1, 3, 3), (1, 2, 2), (0, 1, 1)),  # (B, f, T, s/2, s/2)
+            _block(f, 2 * f, 3, (1, 1, 1), 1),
+            _block(2 * f, 4 * f, 3, (1, 2, 2), 1),  # s/4
+            _block(4 * f, 8 * f, 3, (2, 2, 2), 1),  # s/8
+            _block(8 * f, 8 * f, 3, (2, 1, 1), 1),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),  # (B, 8f)
+        )
+        self.proj = nn.Linear(feature_dim + 8 * f, feature_dim)
+
+    def config(self) -> dict[str, Any]:
+        return {"width": self.width, "feature_dim": self.feature_dim, "fovea": self.fovea,
+                "fovea_width": self.fovea_width}
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        b, t, h, w, _ = clips.shape
+        small = clips.reshape(b * t, h, w, 3).permute(0, 3, 1, 2).float()
+        small = nn.functional.avg_pool2d(small, 2).round().to(torch.uint8).permute(0, 2, 3, 1)
+        whole = self.whole(small.reshape(b, t, h // 2, w // 2, 3))  # (B, D)
+        x = self.to_input(clips)
+        centre = motion_centre(x)
+        size = min(self.fovea, h, w)
+        part = self.fovea_net(self.with_motion(crop_at(x, centre, size)))  # (B, 8f)
+        return self.proj(torch.cat([whole, part], dim=1))
+
+
 def build_encoder(arch: str, **kwargs: Any) -> VideoEncoder:
     if arch not in REGISTRY:
         raise ValueError(f"unknown video encoder {arch!r}; registered: {sorted(REGISTRY)}")
@@ -119,7 +187,7 @@ class ClipEmbedder(nn.Module):
     noun, colour) over how the sentence is phrased. The joint embedding is what retrieval compares and
     what the visual words cluster."""
 
-    def __init__(self, encoder: VideoEncoder, text_dim: int = 384):
+    def __init__(self, encoder: VideoEncoder, text_dim: int = 384, spoken_words: list[str] | None = None):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.feature_dim, text_dim)
@@ -127,9 +195,20 @@ class ClipEmbedder(nn.Module):
         with torch.no_grad():
             self.text_head.weight.copy_(torch.eye(text_dim))
             self.text_head.bias.zero_()
+        # which narration words the picture predicts (trained with the encoder; see train_encoder)
+        self.spoken_words = list(spoken_words or [])
+        self.word_head = nn.Linear(text_dim, len(self.spoken_words)) if self.spoken_words else None
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.head(self.encoder(clips)), dim=-1)  # (B, text_dim)
+
+    def word_space(self, emb: torch.Tensor) -> torch.Tensor:
+        """Joint embeddings (N, text_dim) -> where the visual words are fit: the square root of the predicted
+        distribution over spoken words (N, V), so that Euclidean distance is the Hellinger distance between
+        what two clips would be narrated with. Without a word head, the joint embedding itself."""
+        if self.word_head is None:
+            return emb
+        return self.word_head(emb).softmax(dim=-1).sqrt()
 
     def embed_text(self, sentence_emb: torch.Tensor) -> torch.Tensor:
         """MiniLM sentence embeddings (N, 384) -> joint space (N, text_dim), unit vectors."""
@@ -145,12 +224,19 @@ class ClipEmbedder(nn.Module):
             out.append(self(chunk).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.head.out_features)
 
+    @torch.no_grad()
+    def embed_words(self, clips, batch_size: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
+        """What the visual words quantise: `word_space` of the clips' embeddings."""
+        self.eval()
+        return self.word_space(self.embed(clips, batch_size, device).to(device)).cpu()
+
 
 def save_embedder(model: ClipEmbedder, directory: str | Path, spec: ClipSpec, extra: dict | None = None) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"arch": model.encoder.arch, "config": model.encoder.config(), "text_dim": model.head.out_features,
-            "clip": {"seconds": spec.seconds, "frames": spec.frames, "size": spec.size}, **(extra or {})}
+            "clip": {"seconds": spec.seconds, "frames": spec.frames, "size": spec.size},
+            "spoken_words": model.spoken_words, **(extra or {})}
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "encoder.safetensors"))
     (directory / "encoder.json").write_text(json.dumps(meta, indent=1))
 
@@ -161,6 +247,6 @@ def load_embedder(directory: str | Path, device: str | torch.device = "cpu") -> 
     if not meta_path.is_file() or not weights.is_file():
         raise FileNotFoundError(f"{directory} is not an encoder checkpoint (needs encoder.json and encoder.safetensors)")
     meta = json.loads(meta_path.read_text())
-    model = ClipEmbedder(build_encoder(meta["arch"], **meta["config"]), meta["text_dim"])
+    model = ClipEmbedder(build_encoder(meta["arch"], **meta["config"]), meta["text_dim"], meta.get("spoken_words"))
     model.load_state_dict(load_file(str(weights)))
     return model.to(device).eval(), ClipSpec(**meta["clip"]), meta

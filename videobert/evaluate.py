@@ -88,10 +88,12 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
         with torch.no_grad():
             queries = model.embed_text(texts.to(device)).cpu()
         r = retrieval(emb, queries, pairs, n=n, seed=seed, verbs=cs.verb, nouns=cs.noun)
+        with torch.no_grad():
+            space = model.word_space(emb.to(device))
         if km is None:
-            fit_emb = emb if fit_cs is cs else model.embed(fit_cs.frames, device=device)
-            km = HierarchicalKMeans.fit(fit_emb, kmeans_cfg, device=device)
-        words = km.encode(emb.to(device)).cpu().numpy()[labelled]
+            fit_space = space if fit_cs is cs else model.embed_words(fit_cs.frames, device=device)
+            km = HierarchicalKMeans.fit(fit_space, kmeans_cfg, device=device)
+        words = km.encode(space).cpu().numpy()[labelled]
         r.update(purity_verb=purity(words, [cs.verb[i] for i in labelled]),
                  purity_noun=purity(words, [cs.noun[i] for i in labelled]), vocab_size=km.vocab_size,
                  words_used=int(len(set(words.tolist()))))

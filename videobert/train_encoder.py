@@ -1,6 +1,13 @@
 """Training the video encoder contrastively against MiniLM sentence embeddings of the narration,
 MIL-NCE style (Miech et al. 2020): each clip's candidate positives are the subtitle lines near it (speech
-is offset in time and sometimes wrong); every other line in the batch is a negative."""
+is offset in time and sometimes wrong); every other line in the batch is a negative.
+
+A second objective asks the joint embedding to predict which words are spoken near the clip (a linear
+head, multi-label, over every word said in at least `word_min_lines` lines). A sentence embedding blurs
+single words: "grow the red circle" and "grow the red star" are near neighbours to MiniLM, so the
+contrast alone teaches the picture little about the noun. Predicting the words themselves puts each
+word the picture can show into the embedding directly, which is what the visual words then cluster.
+It needs nothing but the narration, so it works on any corpus."""
 
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class EncoderTrainConfig:
     arch: str = "conv3d-small"
-    arch_config: dict = field(default_factory=lambda: {"width": 16, "feature_dim": 256, "motion": True})
+    arch_config: dict = field(default_factory=dict)  # keyword arguments of the arch (empty: its defaults)
     clip_seconds: float = 1.5
     clip_frames: int = 8
     clip_size: int = 64
@@ -37,6 +44,8 @@ class EncoderTrainConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.07
     window_stride: float = 0.75  # training windows start every this many seconds (overlapping clips)
+    word_weight: float = 1.0  # weight of the spoken-word prediction loss (0 switches it off)
+    word_min_lines: int = 5  # words said in fewer narration lines are not predicted
     seed: int = 0
 
     @property
@@ -56,6 +65,38 @@ def mil_nce_loss(clip_emb: torch.Tensor, text_emb: torch.Tensor, positives: torc
     scores = clip_emb @ text_emb.T / temperature  # (B, M)
     pos = scores.masked_fill(~positives, float("-inf")).logsumexp(dim=1)
     return (scores.logsumexp(dim=1) - pos).mean()
+
+
+def narration_words(lines: list[str], min_lines: int) -> list[str]:
+    """The words to predict: every whitespace-separated word said in at least `min_lines` lines, sorted."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        for w in set(line.lower().split()):
+            counts[w] = counts.get(w, 0) + 1
+    return sorted(w for w, c in counts.items() if c >= min_lines)
+
+
+def word_targets(lines: list[str], vocab: list[str]) -> torch.Tensor:
+    """(L, V) float: 1 where a word of the vocabulary is said in the line."""
+    index = {w: k for k, w in enumerate(vocab)}
+    out = torch.zeros(len(lines), len(vocab))
+    for r, line in enumerate(lines):
+        for w in set(line.lower().split()):
+            if w in index:
+                out[r, index[w]] = 1.0
+    return out
+
+
+def word_loss(logits: torch.Tensor, targets: torch.Tensor, idf: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of (B, V) logits against the spoken words, each weighted by its inverse document
+    frequency and normalised per clip (multi-hot targets as a distribution, as in Mahajan et al. 2018):
+    rare, telling words ("star") count far more than words said in every line ("the")."""
+    t = targets * idf
+    keep = t.sum(1) > 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    t = t[keep] / t[keep].sum(1, keepdim=True)
+    return -(t * logits[keep].log_softmax(dim=1)).sum(1).mean()
 
 
 def _augment(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -94,7 +135,12 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     bags = [[line_id[t] for t in cs.bag[i]] for i in range(len(cs))]
     log.info("training on %d clips with narration nearby (%d distinct lines) of %d clips", len(usable), len(lines), len(cs))
 
-    model = ClipEmbedder(build_encoder(config.arch, **config.arch_config), text_emb.shape[1]).to(device)
+    vocab = narration_words(lines, config.word_min_lines) if config.word_weight > 0 else []
+    model = ClipEmbedder(build_encoder(config.arch, **config.arch_config), text_emb.shape[1], vocab).to(device)
+    # a clip's target: the words said in any line near it (the union over its bag)
+    line_words = word_targets(lines, vocab).to(device)  # (L, V)
+    idf = torch.log(len(lines) / line_words.sum(0).clamp(min=1.0))  # (V,)
+    word_head = model.word_head
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(usable) / config.batch_size)
     total = steps_per_epoch * config.epochs
@@ -116,8 +162,11 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
             for r, i in enumerate(idx):
                 positives[r, [col[k] for k in bags[i]]] = True
             clips = _augment(frames[idx], gen).to(device)
-            loss = mil_nce_loss(model(clips), model.embed_text(text_emb[batch_lines]), positives.to(device),
-                                config.temperature)
+            emb = model(clips)
+            loss = mil_nce_loss(emb, model.embed_text(text_emb[batch_lines]), positives.to(device), config.temperature)
+            if word_head is not None:
+                targets = (positives.to(device).float() @ line_words[batch_lines]).clamp_(max=1.0)  # (B, V)
+                loss = loss + config.word_weight * word_loss(word_head(emb), targets, idf)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -130,7 +179,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
                                                          "clips": int(len(usable)), "lines": len(lines),
                                                          "seconds": round(time.perf_counter() - start, 1)}})
     bar.close()
-    summary = {"clips": int(len(usable)), "lines": len(lines), "epochs": config.epochs,
+    summary = {"clips": int(len(usable)), "lines": len(lines), "epochs": config.epochs, "spoken_words": len(vocab),
                "final_loss": history[-1]["loss"], "seconds": round(time.perf_counter() - start, 1),
                "device": str(device)}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))

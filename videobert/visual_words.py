@@ -38,7 +38,8 @@ class VisualTokenizer:
         return self.kmeans.vocab_size
 
     def embed(self, clips) -> torch.Tensor:
-        return self.embedder.embed(clips, device=self.device)  # (N, 384)
+        """What the k-means tree quantises (the encoder's word space, see ClipEmbedder.word_space)."""
+        return self.embedder.embed_words(clips, device=self.device)  # (N, D)
 
     def tokens(self, clips) -> torch.Tensor:
         return self.kmeans.encode(self.embed(clips).to(self.device)).cpu()  # (N,)
@@ -53,7 +54,7 @@ def fit_vocab(data: str | Path, encoder_dir: str | Path, out: str | Path, config
     cs = clipset if clipset is not None else load_clipset(data, spec, workers=workers, progress=progress)
     if len(cs) < config.branching:
         raise ValueError(f"{data}: {len(cs)} clips are too few to fit {config.branching} clusters")
-    feats = embedder.embed(cs.frames, device=device)
+    feats = embedder.embed_words(cs.frames, device=device)
     km = HierarchicalKMeans.fit(feats, config, device=device, progress=progress)
     out = Path(out)
     km.save(out)

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from videobert.encoders import (REGISTRY, ClipEmbedder, Conv3DEncoder, VideoEncoder, build_encoder, load_embedder,
-                                register, save_embedder)
+from videobert.encoders import (REGISTRY, ClipEmbedder, Conv3DEncoder, VideoEncoder, build_encoder, crop_at,
+                                load_embedder, motion_centre, register, save_embedder)
 from videobert.reader import ClipSpec
-from videobert.train_encoder import mil_nce_loss
+from videobert.train_encoder import mil_nce_loss, narration_words, word_loss, word_targets
 
 
 def _clips(b=2, t=8, s=64):
@@ -77,3 +77,58 @@ def test_mil_nce_prefers_aligned_pairs_and_counts_any_positive():
     bag = eye.clone()
     bag[0, 1] = True
     assert mil_nce_loss(text.clone(), text, bag, 0.1) <= aligned + 1e-6
+
+
+def test_checkpoint_keeps_the_spoken_word_head(tmp_path):
+    torch.manual_seed(0)
+    model = ClipEmbedder(Conv3DEncoder(width=4, feature_dim=16), 32, ["circle", "grow"]).eval()
+    save_embedder(model, tmp_path, ClipSpec(frames=8, size=64))
+    loaded, _, meta = load_embedder(tmp_path)
+    x = _clips()
+    assert meta["spoken_words"] == ["circle", "grow"] and loaded.spoken_words == ["circle", "grow"]
+    space = loaded.embed_words(x)
+    # the square root of a distribution over the two words: unit length, equal to the saved model's
+    assert space.shape == (2, 2) and torch.allclose(space.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(space, model.embed_words(x), atol=1e-6)
+    plain = ClipEmbedder(Conv3DEncoder(width=4, feature_dim=16), 32).eval()
+    assert torch.equal(plain.embed_words(x), plain.embed(x))  # no word head: the joint embedding itself
+
+
+def test_spoken_words_vocabulary_targets_and_loss():
+    lines = ["grow the red circle", "now grow the star", "the star", "okay"]
+    vocab = narration_words(lines, min_lines=2)
+    assert vocab == ["grow", "star", "the"]
+    t = word_targets(lines, vocab)
+    assert t.tolist() == [[1, 0, 1], [1, 1, 1], [0, 1, 1], [0, 0, 0]]
+    idf = torch.log(len(lines) / t.sum(0))
+    assert idf[2] < idf[0]  # "the" is said in more lines than "grow": it weighs less
+    right = torch.tensor([[5.0, -5.0, 0.0]])  # predicts "grow", which the first line says
+    wrong = torch.tensor([[-5.0, 5.0, 0.0]])
+    assert word_loss(right, t[:1], idf) < word_loss(wrong, t[:1], idf)
+    assert word_loss(right, t[3:], idf) == 0  # nothing said: nothing to predict
+
+
+def test_motion_centre_and_fovea_crop_follow_what_changes():
+    clips = torch.zeros(1, 8, 64, 64, 3, dtype=torch.uint8)
+    for k in range(8):  # a bright square sliding right along row 40, near column 10
+        clips[0, k, 36:44, 6 + k:14 + k] = 255
+    x = VideoEncoder.to_input(clips)
+    r, c = motion_centre(x)[0].tolist()
+    assert abs(r - 40) <= 3 and 8 <= c <= 20
+    crop = crop_at(x, motion_centre(x), 24)
+    assert crop.shape == (1, 3, 8, 24, 24) and crop.max() > 0.4  # the square is inside the window
+    still = VideoEncoder.to_input(torch.zeros(1, 8, 64, 64, 3, dtype=torch.uint8))
+    assert motion_centre(still)[0].tolist() == [32, 32]  # nothing moves: the centre
+    corner = crop_at(x, torch.tensor([[0, 63]]), 24)  # a window near the edge is shifted inside the frame
+    assert torch.equal(corner, x[:, :, :, 0:24, 40:64])
+
+
+def test_fovea_encoder_shapes_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    enc = build_encoder("conv3d-fovea", width=4, feature_dim=16, fovea=32, fovea_width=4)
+    x = _clips(s=128)
+    assert enc(x).shape == (2, 16)
+    model = ClipEmbedder(enc, 32).eval()
+    save_embedder(model, tmp_path, ClipSpec(frames=8, size=128))
+    loaded, spec, _ = load_embedder(tmp_path)
+    assert spec.size == 128 and torch.allclose(model(x), loaded(x), atol=1e-5)
