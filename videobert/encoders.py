@@ -55,6 +55,12 @@ class VideoEncoder(nn.Module):
         diff = torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, 1:] - x[:, :, :-1]], dim=2)
         return torch.cat([x, diff], dim=1)
 
+    @staticmethod
+    def change_energy(x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> (B, H, W): how much each place changes over the clip (absolute frame-to-frame
+        change, summed over colour and time)."""
+        return (x[:, :, 1:] - x[:, :, :-1]).abs().sum(dim=(1, 2))
+
 
 def _block(cin: int, cout: int, kernel, stride, padding) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm3d(cout),
@@ -96,7 +102,7 @@ class Conv3DEncoder(VideoEncoder):
         pooled = [self.late(mid)]
         if self.score is not None:
             # prior: how much each place changes over the clip, at the map's resolution
-            energy = (x[:, :, 1:] - x[:, :, :-1]).abs().sum(dim=(1, 2))  # (B, H, W)
+            energy = self.change_energy(x)  # (B, H, W)
             energy = nn.functional.adaptive_avg_pool2d(energy, mid.shape[-2:])  # (B, h, w)
             energy = energy / energy.flatten(1).sum(1).clamp(min=1e-6)[:, None, None]
             logits = self.score(mid).squeeze(1) + torch.log(energy + 1e-3)[:, None]  # (B, T, h, w)
@@ -109,7 +115,7 @@ def motion_centre(x: torch.Tensor, smooth: int = 9) -> torch.Tensor:
     """(B, 3, T, H, W) float clips -> (B, 2) integer (row, col) of the place that changes most over the clip:
     the frame-to-frame change summed over time and colour, box-smoothed, argmax (the centre for a still clip)."""
     b, _, _, h, w = x.shape
-    energy = (x[:, :, 1:] - x[:, :, :-1]).abs().sum(dim=(1, 2))  # (B, H, W)
+    energy = VideoEncoder.change_energy(x)  # (B, H, W)
     energy = nn.functional.avg_pool2d(energy[:, None], smooth, stride=1, padding=smooth // 2,
                                       count_include_pad=False)[:, 0]
     flat = energy.flatten(1)
