@@ -67,11 +67,16 @@ def mil_nce_loss(clip_emb: torch.Tensor, text_emb: torch.Tensor, positives: torc
     return (scores.logsumexp(dim=1) - pos).mean()
 
 
+def _words_of(line: str) -> set[str]:
+    """The distinct words of a narration line (lowercase, split on whitespace)."""
+    return set(line.lower().split())
+
+
 def narration_words(lines: list[str], min_lines: int) -> list[str]:
     """The words to predict: every whitespace-separated word said in at least `min_lines` lines, sorted."""
     counts: dict[str, int] = {}
     for line in lines:
-        for w in set(line.lower().split()):
+        for w in _words_of(line):
             counts[w] = counts.get(w, 0) + 1
     return sorted(w for w, c in counts.items() if c >= min_lines)
 
@@ -81,7 +86,7 @@ def word_targets(lines: list[str], vocab: list[str]) -> torch.Tensor:
     index = {w: k for k, w in enumerate(vocab)}
     out = torch.zeros(len(lines), len(vocab))
     for r, line in enumerate(lines):
-        for w in set(line.lower().split()):
+        for w in _words_of(line):
             if w in index:
                 out[r, index[w]] = 1.0
     return out
@@ -140,7 +145,6 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     # a clip's target: the words said in any line near it (the union over its bag)
     line_words = word_targets(lines, vocab).to(device)  # (L, V)
     idf = torch.log(len(lines) / line_words.sum(0).clamp(min=1.0))  # (V,)
-    word_head = model.word_head
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(usable) / config.batch_size)
     total = steps_per_epoch * config.epochs
@@ -161,12 +165,13 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
             positives = torch.zeros(len(idx), len(batch_lines), dtype=torch.bool)
             for r, i in enumerate(idx):
                 positives[r, [col[k] for k in bags[i]]] = True
+            positives = positives.to(device)
             clips = _augment(frames[idx], gen).to(device)
             emb = model(clips)
-            loss = mil_nce_loss(emb, model.embed_text(text_emb[batch_lines]), positives.to(device), config.temperature)
-            if word_head is not None:
-                targets = (positives.to(device).float() @ line_words[batch_lines]).clamp_(max=1.0)  # (B, V)
-                loss = loss + config.word_weight * word_loss(word_head(emb), targets, idf)
+            loss = mil_nce_loss(emb, model.embed_text(text_emb[batch_lines]), positives, config.temperature)
+            if model.word_head is not None:
+                targets = (positives.float() @ line_words[batch_lines]).clamp_(max=1.0)  # (B, V)
+                loss = loss + config.word_weight * word_loss(model.word_head(emb), targets, idf)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
