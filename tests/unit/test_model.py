@@ -117,3 +117,18 @@ def test_masked_prediction_sanity():
         h = model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).hidden[0, slots[0]]
         right += int(model.slot_log_probs(h[None], torch.tensor(noun_ids))[0].argmax()) == v
     assert right == 4
+
+
+def test_minilm_dir_can_be_pointed_elsewhere(tmp_path, monkeypatch):
+    import shutil
+
+    from videobert.text import minilm_path
+
+    installed = minilm_path()
+    monkeypatch.setenv("VBS_MINILM_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="VBS_MINILM_DIR"):
+        minilm_path()
+    shutil.copy(installed / "config.json", tmp_path / "config.json")
+    assert minilm_path() == tmp_path
+    monkeypatch.delenv("VBS_MINILM_DIR")
+    assert minilm_path() == installed
