@@ -110,7 +110,28 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
         for key, labels in (("verb", cs.verb), ("noun", cs.noun)):
             vals = [labels[i] for i in labelled]
             result[f"majority_{key}"] = max(vals.count(v) for v in set(vals)) / len(vals)
+        result["trained"].update(word_head_accuracy(embedder, cs, labelled, device))
     return result
+
+
+def word_head_accuracy(model: ClipEmbedder, cs: ClipSet, labelled: np.ndarray, device: str = "cpu") -> dict:
+    """The encoder's spoken-word head read as a classifier, before any visual words or fusion: for each
+    labelled clip, the likeliest of the ground truth's verbs (nouns) among the words the head predicts.
+    Top-1 over every labelled clip (straddling ones scored by the label at their midpoint)."""
+    if model.word_head is None or not len(labelled):
+        return {}
+    with torch.no_grad():
+        logits = model.word_head(model.embed(cs.frames[labelled], device=device).to(device)).cpu()
+    out = {}
+    for key in ("verb", "noun"):
+        truth = [getattr(cs, key)[i] for i in labelled]
+        classes = sorted(c for c in set(truth) if c in model.spoken_words)
+        if len(classes) < 2:
+            continue
+        cols = [model.spoken_words.index(c) for c in classes]
+        pred = [classes[k] for k in logits[:, cols].argmax(dim=1).tolist()]
+        out[f"word_head_{key}"] = round(float(np.mean([p == t for p, t in zip(pred, truth)])), 4)
+    return out
 
 
 def words_probe(model_dir: str | Path, data: str | Path, heldout: str | Path, device: str = "cpu",

@@ -21,7 +21,7 @@ TINY = {"width": 4, "feature_dim": 32, "motion": True}
 @pytest.fixture(scope="module")
 def trained(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("enc")
-    cfg = EncoderTrainConfig(arch_config=TINY, epochs=25, batch_size=32, lr=3e-3, seed=0)
+    cfg = EncoderTrainConfig(arch_config=TINY, epochs=25, batch_size=32, lr=3e-3, word_min_lines=2, seed=0)
     summary = train_encoder(tiny_corpus, out, cfg, device="cpu", progress=False)
     return out, summary
 
@@ -77,6 +77,9 @@ def test_evaluate_encoder_reports_both_encoders(trained, tiny_corpus):
         assert m["n"] == min(20, r["retrieval_pairs"]) and 0 <= m["r_at_1"] <= m["r_at_5"] <= 1
         assert 0 < m["purity_verb"] <= 1
     assert r["trained"]["r_at_5"] > r["untrained"]["r_at_5"]
+    # the spoken-word head read as a classifier (whether it learns is the end-to-end test's question)
+    assert 0 <= r["trained"]["word_head_verb"] <= 1 and 0 <= r["trained"]["word_head_noun"] <= 1
+    assert "word_head_verb" not in r["untrained"]  # an untrained encoder has no head
 
 
 def test_purity():
