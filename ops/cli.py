@@ -51,7 +51,13 @@ def cmd_corpus_read(a: argparse.Namespace) -> int:
 def cmd_train_encoder(a: argparse.Namespace) -> int:
     from videobert.train_encoder import EncoderTrainConfig, train_encoder
 
-    cfg = EncoderTrainConfig(arch=a.arch, clip_frames=a.frames, clip_size=a.size, epochs=a.epochs,
+    try:
+        arch_config = json.loads(a.arch_config)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--arch-config is not JSON: {e}") from None
+    if not isinstance(arch_config, dict):
+        raise ValueError("--arch-config must be a JSON object, e.g. '{\"fovea_frames\": 4}'")
+    cfg = EncoderTrainConfig(arch=a.arch, arch_config=arch_config, clip_frames=a.frames, clip_size=a.size, epochs=a.epochs,
                              batch_size=a.batch_size, lr=a.lr, word_weight=a.word_weight, seed=a.seed)
     s = train_encoder(a.data, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet)
     print(json.dumps(s, indent=1))
@@ -294,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--data", required=True, help="directory of videos with subtitles")
     te.add_argument("--out", required=True, help="checkpoint directory")
     te.add_argument("--arch", default="conv3d-small", help="registered video encoder (default conv3d-small)")
+    te.add_argument("--arch-config", default="{}", metavar="JSON",
+                    help="keyword arguments of the architecture, e.g. '{\"fovea_frames\": 4}' (default: its defaults)")
     te.add_argument("--frames", type=int, default=8, help="frames per 1.5 s clip (default 8)")
     te.add_argument("--size", type=int, default=64, help="frame size (default 64; conv3d-fovea wants 128)")
     te.add_argument("--epochs", type=int, default=12)

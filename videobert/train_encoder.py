@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from videobert.clipset import ClipSet, load_clipset
-from videobert.encoders import ClipEmbedder, build_encoder, save_embedder
+from videobert.encoders import ClipEmbedder, build_encoder, check_arch, save_embedder
 from videobert.reader import ClipSpec
 from videobert.text import SentenceEncoder
 
@@ -125,6 +125,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
                   device: str | torch.device | None = None, workers: int = 1, progress: bool = True,
                   clipset: ClipSet | None = None) -> dict:
     """Train on every video under `data`; writes an encoder checkpoint to `out` after every epoch."""
+    check_arch(config.arch, config.arch_config)  # before minutes of reading videos
     device = torch.device(device) if device else default_device()
     out = Path(out)
     torch.manual_seed(config.seed)

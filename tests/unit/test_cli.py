@@ -46,6 +46,15 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert "vbs: error: no such directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("config, message", [("{fovea", "not JSON"), ("[4]", "must be a JSON object"),
+                                             ('{"fovea_size": 4}', "takes no fovea_size")])
+def test_bad_arch_config_is_a_clear_error(tiny_corpus, tmp_path, capsys, config, message):
+    code = main(["train", "encoder", "--data", str(tiny_corpus), "--out", str(tmp_path / "o"), "--arch", "conv3d-fovea",
+                 "--arch-config", config, "-q"])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "encoder.safetensors").exists()
+
+
 def test_bad_choice_is_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["corpus", "make", "--out", "x", "--videos", "1", "--container", "avi"])

@@ -123,12 +123,14 @@ def test_motion_centre_and_fovea_crop_follow_what_changes():
     assert torch.equal(corner, x[:, :, :, 0:24, 40:64])
 
 
-def test_fovea_encoder_shapes_and_round_trip(tmp_path):
+@pytest.mark.parametrize("frames", [0, 3])
+def test_fovea_encoder_shapes_and_round_trip(tmp_path, frames):
     torch.manual_seed(0)
-    enc = build_encoder("conv3d-fovea", width=4, feature_dim=16, fovea=32, fovea_width=4)
+    enc = build_encoder("conv3d-fovea", width=4, feature_dim=16, fovea=32, fovea_width=4, fovea_frames=frames)
     x = _clips(s=128)
     assert enc(x).shape == (2, 16)
     model = ClipEmbedder(enc, 32).eval()
     save_embedder(model, tmp_path, ClipSpec(frames=8, size=128))
     loaded, spec, _ = load_embedder(tmp_path)
+    assert loaded.encoder.config()["fovea_frames"] == frames
     assert spec.size == 128 and torch.allclose(model(x), loaded(x), atol=1e-5)
