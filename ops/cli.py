@@ -57,8 +57,9 @@ def cmd_train_encoder(a: argparse.Namespace) -> int:
         raise ValueError(f"--arch-config is not JSON: {e}") from None
     if not isinstance(arch_config, dict):
         raise ValueError("--arch-config must be a JSON object, e.g. '{\"fovea_frames\": 4}'")
-    cfg = EncoderTrainConfig(arch=a.arch, arch_config=arch_config, clip_frames=a.frames, clip_size=a.size, epochs=a.epochs,
-                             batch_size=a.batch_size, lr=a.lr, word_weight=a.word_weight, seed=a.seed)
+    cfg = EncoderTrainConfig(arch=a.arch, arch_config=arch_config, clip_frames=a.frames, clip_size=a.size,
+                             epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, word_weight=a.word_weight,
+                             seed=a.seed)
     s = train_encoder(a.data, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet)
     print(json.dumps(s, indent=1))
     return 0

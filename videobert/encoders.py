@@ -148,7 +148,7 @@ class FoveaEncoder(VideoEncoder):
     Input clips are `size` pixels square (the reader's clip size); the whole-frame view is that
     downsampled by 2, the fovea a `fovea` x `fovea` window of the full-size clip. `fovea_frames` = 0 reads
     the window with 3D convs over every frame; k > 0 reads k evenly spaced frames with 2D convs and keeps
-    each feature's maximum over them (a form needs no motion: about a tenth of the cost)."""
+    each feature's maximum over them (a form needs no motion; about a tenth of the 3D window's arithmetic)."""
 
     def __init__(self, width: int = 16, feature_dim: int = 256, fovea: int = 48, fovea_width: int = 16,
                  fovea_frames: int = 0):

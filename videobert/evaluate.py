@@ -117,7 +117,8 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
 def word_head_accuracy(model: ClipEmbedder, cs: ClipSet, labelled: np.ndarray, device: str = "cpu") -> dict:
     """The encoder's spoken-word head read as a classifier, before any visual words or fusion: for each
     labelled clip, the likeliest of the ground truth's verbs (nouns) among the words the head predicts.
-    Top-1 over every labelled clip (straddling ones scored by the label at their midpoint)."""
+    Top-1 over every labelled clip (straddling ones scored by the label at their midpoint); a label the head
+    was never trained to predict counts as a miss."""
     if model.word_head is None or not len(labelled):
         return {}
     with torch.no_grad():
