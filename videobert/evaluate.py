@@ -97,6 +97,7 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
         r.update(purity_verb=purity(words, [cs.verb[i] for i in labelled]),
                  purity_noun=purity(words, [cs.noun[i] for i in labelled]), vocab_size=km.vocab_size,
                  words_used=int(len(set(words.tolist()))))
+        r.update(word_head_accuracy(model, emb[labelled], cs, labelled, device))
         return r
 
     km = HierarchicalKMeans.load(vocab_dir, device=device) if vocab_dir else None
@@ -110,19 +111,20 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
         for key, labels in (("verb", cs.verb), ("noun", cs.noun)):
             vals = [labels[i] for i in labelled]
             result[f"majority_{key}"] = max(vals.count(v) for v in set(vals)) / len(vals)
-        result["trained"].update(word_head_accuracy(embedder, cs, labelled, device))
     return result
 
 
-def word_head_accuracy(model: ClipEmbedder, cs: ClipSet, labelled: np.ndarray, device: str = "cpu") -> dict:
+def word_head_accuracy(model: ClipEmbedder, emb: torch.Tensor, cs: ClipSet, labelled: np.ndarray,
+                       device: str = "cpu") -> dict:
     """The encoder's spoken-word head read as a classifier, before any visual words or fusion: for each
-    labelled clip, the likeliest of the ground truth's verbs (nouns) among the words the head predicts.
-    Top-1 over every labelled clip (straddling ones scored by the label at their midpoint); a label the head
-    was never trained to predict counts as a miss."""
+    labelled clip (`emb`, its joint embeddings, in the order of `labelled`), the likeliest of the ground
+    truth's verbs (nouns) among the words the head predicts. Top-1 over every labelled clip (straddling ones
+    scored by the label at their midpoint); a label the head was never trained to predict counts as a miss.
+    Empty for an encoder without a head."""
     if model.word_head is None or not len(labelled):
         return {}
     with torch.no_grad():
-        logits = model.word_head(model.embed(cs.frames[labelled], device=device).to(device)).cpu()
+        logits = model.word_head(emb.to(device)).cpu()
     out = {}
     for key in ("verb", "noun"):
         truth = [getattr(cs, key)[i] for i in labelled]
