@@ -362,7 +362,7 @@ class DecoderActor:
         self._frames_reported: dict[int, int] = {}  # id(runner) -> frames already counted
         self.handles = stage_handles or {}
         self._pipeline_factory = pipeline_factory
-        self._spec: ClipSpec | None = ClipSpec(**spec) if spec else None
+        self._spec: ClipSpec | None = ClipSpec.from_dict(spec) if spec else None
         self.runners: dict[str, StreamRunner] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -374,7 +374,7 @@ class DecoderActor:
             import ray
 
             s = ray.get(self.handles["video_encoder"][0].clip_spec.remote(), timeout=120)
-            self._spec = ClipSpec(**s)
+            self._spec = ClipSpec.from_dict(s)
         return self._spec
 
     def _pipeline(self, key: int) -> Pipeline:

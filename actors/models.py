@@ -58,8 +58,7 @@ class VideoEncoderActor(_Batched):
         self._init_batcher(VideoEncoderStage(model_dir, _setup(settings, device)), settings, redis)
 
     def clip_spec(self) -> dict:
-        s = self.stage.spec
-        return {"seconds": s.seconds, "frames": s.frames, "size": s.size}
+        return self.stage.spec.to_dict()
 
     async def encode(self, clip) -> int:
         """One clip (T, H, W, 3) uint8 -> its visual word."""

@@ -44,8 +44,7 @@ class Tagger:
             raise RuntimeError("model not loaded")
 
     def ready(self) -> dict:
-        s = self.encoder.spec
-        return {"model": True, "clip": {"seconds": s.seconds, "frames": s.frames, "size": s.size}}
+        return {"model": True, "clip": self.encoder.spec.to_dict()}
 
     def _decode(self, data: bytes, max_seconds: float):
         from videobert.reader import VideoReadError, read_video

@@ -41,13 +41,20 @@ class ClipSet:
     def __len__(self) -> int:
         return len(self.t0)
 
+    def bags(self, context: float) -> list[list[str]]:
+        """Each clip's candidate narration lines: the distinct lines overlapping the clip widened by
+        `context` seconds on each side (`bag` is this at BAG_CONTEXT_S)."""
+        return [list(dict.fromkeys(c.text for c in subtitles.overlapping(
+            self.cues[v], t0 - context, t1 + context))) for v, t0, t1 in zip(self.video, self.t0, self.t1)]
+
     def labelled(self) -> np.ndarray:
         """Indices of clips with a ground-truth verb and noun."""
         return np.array([i for i in range(len(self)) if self.verb[i] is not None], dtype=np.int64)
 
 
 def _key(directory: Path, spec: ClipSpec, paths: list[Path], stride: float | None) -> str:
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, spec.seconds, spec.frames, spec.size, BAG_CONTEXT_S, stride]).encode())
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, spec.seconds, spec.frames, spec.size, BAG_CONTEXT_S, stride]
+                                    + ([spec.fit] if spec.fit != "stretch" else [])).encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p.relative_to(directory)}|{st.st_size}|{st.st_mtime_ns}".encode())

@@ -268,7 +268,7 @@ def save_embedder(model: ClipEmbedder, directory: str | Path, spec: ClipSpec, ex
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"arch": model.encoder.arch, "config": model.encoder.config(), "text_dim": model.head.out_features,
-            "clip": {"seconds": spec.seconds, "frames": spec.frames, "size": spec.size},
+            "clip": spec.to_dict(),
             "spoken_words": model.spoken_words, **(extra or {})}
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "encoder.safetensors"))
     (directory / "encoder.json").write_text(json.dumps(meta, indent=1))
@@ -282,4 +282,4 @@ def load_embedder(directory: str | Path, device: str | torch.device = "cpu") -> 
     meta = json.loads(meta_path.read_text())
     model = ClipEmbedder(build_encoder(meta["arch"], **meta["config"]), meta["text_dim"], meta.get("spoken_words"))
     model.load_state_dict(load_file(str(weights)))
-    return model.to(device).eval(), ClipSpec(**meta["clip"]), meta
+    return model.to(device).eval(), ClipSpec.from_dict(meta["clip"]), meta

@@ -82,8 +82,9 @@ def test_mil_nce_prefers_aligned_pairs_and_counts_any_positive():
 def test_checkpoint_keeps_the_spoken_word_head(tmp_path):
     torch.manual_seed(0)
     model = ClipEmbedder(Conv3DEncoder(width=4, feature_dim=16), 32, ["circle", "grow"]).eval()
-    save_embedder(model, tmp_path, ClipSpec(frames=8, size=64))
-    loaded, _, meta = load_embedder(tmp_path)
+    save_embedder(model, tmp_path, ClipSpec(frames=8, size=64, fit="pad"))
+    loaded, spec, meta = load_embedder(tmp_path)
+    assert spec == ClipSpec(frames=8, size=64, fit="pad")
     x = _clips()
     assert meta["spoken_words"] == ["circle", "grow"] and loaded.spoken_words == ["circle", "grow"]
     space = loaded.embed_words(x)
@@ -92,6 +93,16 @@ def test_checkpoint_keeps_the_spoken_word_head(tmp_path):
     assert torch.allclose(space, model.embed_words(x), atol=1e-6)
     plain = ClipEmbedder(Conv3DEncoder(width=4, feature_dim=16), 32).eval()
     assert torch.equal(plain.embed_words(x), plain.embed(x))  # no word head: the joint embedding itself
+
+
+def test_a_checkpoint_from_before_fit_reads_clips_stretched(tmp_path):
+    import json
+
+    save_embedder(ClipEmbedder(Conv3DEncoder(width=4, feature_dim=16), 32), tmp_path, ClipSpec())
+    meta = json.loads((tmp_path / "encoder.json").read_text())
+    del meta["clip"]["fit"]  # as written before clips could be padded
+    (tmp_path / "encoder.json").write_text(json.dumps(meta))
+    assert load_embedder(tmp_path)[1].fit == "stretch"
 
 
 def test_spoken_words_vocabulary_targets_and_loss():

@@ -53,6 +53,55 @@ def test_frames_are_sampled_at_the_configured_rate(tmp_path):
     assert np.allclose(got, expected, atol=3), (got, expected)
 
 
+def _disc_video(path, size=(192, 108), seconds=2.0, fps=10):
+    """A white disc of radius 30 px in the middle of a black 16:9 frame."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.where(((xx - w / 2) ** 2 + (yy - h / 2) ** 2 <= 30 ** 2)[:, :, None], 255, 0).astype(np.uint8)
+    img = np.repeat(img, 3, axis=2)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(int(seconds * fps)):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
+def _extent(frame: np.ndarray) -> tuple[int, int]:
+    """(width, height) in pixels of the bright part of one (H, W, 3) frame."""
+    bright = frame.mean(axis=2) > 128
+    return int(bright.any(axis=0).sum()), int(bright.any(axis=1).sum())
+
+
+def test_pad_keeps_forms_and_stretch_squashes_them(tmp_path):
+    path = _disc_video(tmp_path / "disc.mp4")  # 16:9: the disc is 60 px across, a third of the width
+    padded = read_video(path, ClipSpec(frames=2, size=64, fit="pad")).clips[0].frames[0]
+    w, h = _extent(padded)
+    assert abs(w - h) <= 1 and abs(w - 60 * 64 / 192) <= 2, (w, h)  # still a disc, scaled by 64 / 192
+    bars = 64 - round(108 * 64 / 192)  # 28 rows of black, split above and below
+    assert padded[: bars // 2 - 1].max() <= 16 and padded[64 - bars // 2 + 1:].max() <= 16
+    assert padded.shape == (64, 64, 3)
+    stretched = read_video(path, ClipSpec(frames=2, size=64)).clips[0].frames[0]  # "stretch" is the default
+    w, h = _extent(stretched)
+    assert h > 1.6 * w, (w, h)  # squashed sideways: 64/192 across, 64/108 down
+
+
+def test_a_bad_fit_is_refused():
+    with pytest.raises(ValueError, match="fit='crop'"):
+        ClipSpec(fit="crop")
+
+
+def test_specs_round_trip_and_old_ones_stretch():
+    spec = ClipSpec(seconds=1.0, frames=4, size=32, fit="pad")
+    assert ClipSpec.from_dict(spec.to_dict()) == spec
+    assert ClipSpec.from_dict({"seconds": 1.5, "frames": 8, "size": 64}).fit == "stretch"
+
+
 def test_custom_windows(tmp_path):
     path = _plain_video(tmp_path / "v.mp4", seconds=4.0)
     v = read_video(path, ClipSpec(frames=4, size=16), windows=[(0.5, 2.0), (1.0, 2.5), (3.9, 5.4)])
@@ -119,7 +168,9 @@ def test_read_corpus_records_failures_and_keeps_going(tmp_path, tiny_corpus):
 
 
 def test_clip_cutter_fills_samples_before_the_first_frame():
-    class F:  # a decoded frame stand-in: only reformat() is used
+    class F:  # a decoded frame stand-in: only its size and reformat() are used
+        width = height = 8
+
         def __init__(self, v):
             self.v = v
 
