@@ -29,7 +29,7 @@ def cmd_corpus_make(a: argparse.Namespace) -> int:
 def cmd_corpus_read(a: argparse.Namespace) -> int:
     from videobert.reader import ClipSpec, VideoReadError, list_videos, read_video
 
-    spec = ClipSpec(a.clip_seconds, a.frames, a.size)
+    spec = ClipSpec(a.clip_seconds, a.frames, a.size, a.fit)
     failed = 0
     for p in list_videos(a.data)[: a.limit]:
         try:
@@ -58,7 +58,8 @@ def cmd_train_encoder(a: argparse.Namespace) -> int:
     if not isinstance(arch_config, dict):
         raise ValueError("--arch-config must be a JSON object, e.g. '{\"fovea_frames\": 4}'")
     cfg = EncoderTrainConfig(arch=a.arch, arch_config=arch_config, clip_frames=a.frames, clip_size=a.size,
-                             epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, word_weight=a.word_weight,
+                             clip_fit=a.fit, bag_context=a.bag_context, word_lr_mult=a.word_lr_mult,
+                             nce_weight=a.nce_weight, temperature=a.temperature, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, word_weight=a.word_weight,
                              seed=a.seed)
     s = train_encoder(a.data, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet)
     print(json.dumps(s, indent=1))
@@ -122,7 +123,7 @@ def cmd_train_videobert(a: argparse.Namespace) -> int:
         raise ValueError(f"--objectives takes a comma list of text, video, align; got {a.objectives!r}")
     mix = {"cross": a.mix[0], "text": a.mix[1], "video": a.mix[2]}
     cfg = PretrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, objectives=objectives, mix=mix, seed=a.seed,
-                         init_visual_from_text=not a.no_text_init)
+                         init_visual_from_text=not a.no_text_init, grounding_floor=a.grounding_floor)
     s = pretrain(a.data, a.encoder, a.vocab, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet,
                  restart=a.restart)
     print(json.dumps({k: v for k, v in s.items() if k != "history"}, indent=1))
@@ -288,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--clip-seconds", type=float, default=1.5)
     rd.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
     rd.add_argument("--size", type=int, default=64, help="frame size after resizing (default 64)")
+    rd.add_argument("--fit", choices=("stretch", "pad"), default="stretch",
+                    help="how a non-square frame becomes square: stretch each axis (default) or pad with black")
     rd.add_argument("--strict", action="store_true", help="exit 1 if any file could not be read")
     rd.set_defaults(func=cmd_corpus_read)
 
@@ -305,11 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keyword arguments of the architecture, e.g. '{\"fovea_frames\": 4}' (default: its defaults)")
     te.add_argument("--frames", type=int, default=8, help="frames per 1.5 s clip (default 8)")
     te.add_argument("--size", type=int, default=64, help="frame size (default 64; conv3d-fovea wants 128)")
+    te.add_argument("--fit", choices=("stretch", "pad"), default="stretch",
+                    help="how a non-square frame becomes square: stretch each axis (default), or pad with black so "
+                         "that every form keeps its shape at the price of pixels along the long side")
     te.add_argument("--epochs", type=int, default=12)
     te.add_argument("--batch-size", type=int, default=96)
     te.add_argument("--lr", type=float, default=2e-3)
     te.add_argument("--word-weight", type=float, default=1.0,
                     help="weight of predicting the words spoken near each clip, next to MIL-NCE (0: off; default 1)")
+    te.add_argument("--temperature", type=float, default=0.07, help="MIL-NCE softmax temperature (default 0.07)")
+    te.add_argument("--word-lr-mult", type=float, default=10.0, metavar="K",
+                    help="the spoken-word head learns at K times --lr (default 10: its logits start far from sharp)")
+    te.add_argument("--nce-weight", type=float, default=1.0,
+                    help="weight of the MIL-NCE contrast with whole narration lines (0: off, the word head alone; default 1)")
+    te.add_argument("--bag-context", type=float, default=0.5, metavar="SECONDS",
+                    help="a clip's candidate narration lines are those within this many seconds of it (default 0.5; "
+                         "wider bags catch more offset speech and more of the neighbouring segments' lines)")
     te.add_argument("--seed", type=int, default=0)
     _runtime_args(te)
     te.set_defaults(func=cmd_train_encoder)
@@ -357,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of cross-modal, text-only and video-only sequences (default 0.7 0.1 0.2)")
     tb.add_argument("--no-text-init", action="store_true",
                     help="start visual words at random instead of near the words spoken over them (for ablations)")
+    tb.add_argument("--grounding-floor", type=float, default=0.05, metavar="W",
+                    help="masking weight of a text token the picture does not explain; grounded tokens weigh this "
+                         "plus their grounding (default 0.05; a large value masks every token alike, as plain BERT)")
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--restart", action="store_true", help="ignore an unfinished run in --out and start over")
     _runtime_args(tb)

@@ -41,6 +41,7 @@ class PretrainConfig:
     video_run: tuple = (3, 8)  # lengths of video-only sequences (consecutive clips)
     pair_context_s: float = 0.5  # a line is paired with the clips overlapping it, widened by this much
     checkpoint_every: int = 250
+    grounding_floor: float = 0.05  # masking weight of a text token the picture does not explain (see sequences)
     init_visual_from_text: bool = True  # start visual words near the grounded words spoken over them
     num_layers: int = 6
     seed: int = 0
@@ -118,7 +119,7 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
     builder = SequenceBuilder(load_tokenizer(), mcfg, cfg.max_text_tokens)
     corpus = build_corpus(cs, vt, builder, cfg)
     step_pairs = [(t, corpus.words[vi][clips].tolist()) for t, vi, clips in corpus.pairs]
-    builder.fit_grounding(step_pairs)
+    builder.fit_grounding(step_pairs, floor=cfg.grounding_floor)
     log.info("pretraining on %d videos, %d clips, %d narration lines", len(corpus.words), len(cs), len(corpus.pairs))
 
     model = (VideoBertForPreTraining.from_minilm(mcfg, seed=cfg.seed) if init == "minilm"

@@ -107,3 +107,37 @@ def test_back_to_back_clips_come_from_a_finer_cached_read(tiny_corpus):
     assert len(fine) > len(derived) == len(direct)
     assert np.array_equal(derived.frames, direct.frames) and derived.t0.tolist() == direct.t0.tolist()
     assert derived.text == direct.text and derived.verb == direct.verb and derived.bag == direct.bag
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"nce_weight": 0.0, "word_weight": 0.0}, "nothing to train on"),
+    ({"nce_weight": -1.0}, "loss weights must be >= 0"),
+    ({"bag_context": -0.5}, "bag_context must be >= 0"),
+    ({"word_lr_mult": 0.0}, "word_lr_mult must be > 0"),
+    ({"temperature": 0.0}, "temperature must be > 0"),
+])
+def test_settings_that_cannot_train_are_refused_before_reading(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):  # tmp_path holds no videos: refused before looking
+        train_encoder(tmp_path, tmp_path / "out", EncoderTrainConfig(**bad), progress=False)
+
+
+def test_bags_widen_with_their_context(tiny_corpus):
+    from videobert.clipset import BAG_CONTEXT_S
+
+    cs = load_clipset(tiny_corpus, ClipSpec(), progress=False)
+    assert cs.bags(BAG_CONTEXT_S) == cs.bag  # what the reader cached is the default context
+    narrow, wide = cs.bags(0.0), cs.bags(3.0)
+    assert all(set(n) <= set(b) <= set(w) for n, b, w in zip(narrow, cs.bag, wide))
+    assert sum(map(len, narrow)) < sum(map(len, cs.bag)) < sum(map(len, wide))
+    assert all(n for n, t in zip(narrow, cs.text) if t), "a clip with subtitle text has that line in its bag"
+
+
+def test_encoder_options_reach_training(tiny_corpus, tmp_path):
+    """A narrow bag, the word head's own learning rate and no sentence contrast: training runs and the
+    options are recorded with the checkpoint."""
+    cfg = EncoderTrainConfig(arch_config=TINY, epochs=1, batch_size=32, word_min_lines=2, bag_context=0.0,
+                             word_lr_mult=10.0, nce_weight=0.0)
+    summary = train_encoder(tiny_corpus, tmp_path, cfg, device="cpu", progress=False)
+    train = json.loads((tmp_path / "encoder.json").read_text())["train"]
+    assert (train["bag_context"], train["word_lr_mult"], train["nce_weight"]) == (0.0, 10.0, 0.0)
+    assert summary["spoken_words"] > 0 and np.isfinite(summary["final_loss"])
