@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from videobert.clipset import load_clipset
 from videobert.encoders import build_encoder, check_arch
 from videobert.reader import ClipSpec
-from videobert.train_encoder import EncoderTrainConfig, _augment, default_device
+from videobert.train_encoder import EncoderTrainConfig, augment, default_device
 
 
 def label_ceiling(data: str | Path, heldout: str | Path, cfg: EncoderTrainConfig, device: str | None = None,
@@ -56,7 +56,7 @@ def label_ceiling(data: str | Path, heldout: str | Path, cfg: EncoderTrainConfig
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             if len(idx) < 2:
                 continue
-            out = head(encoder(_augment(frames[idx], gen).to(dev)))
+            out = head(encoder(augment(frames[idx], gen).to(dev)))
             loss = (F.cross_entropy(out[:, :len(verbs)], y_verb[idx].to(dev))
                     + F.cross_entropy(out[:, len(verbs):], y_noun[idx].to(dev)))
             opt.zero_grad(set_to_none=True)

@@ -113,7 +113,7 @@ def word_loss(logits: torch.Tensor, targets: torch.Tensor, idf: torch.Tensor) ->
     return -(t * logits[keep].log_softmax(dim=1)).sum(1).mean()
 
 
-def _augment(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Label-preserving jitter, uint8 (B, T, H, W, 3) in and out: horizontal flips (no shapes-world verb
     depends on left vs right), a random crop of 80-100% of the frame resized back, brightness."""
     b, t, h, w, _ = clips.shape
@@ -199,7 +199,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
             for r, i in enumerate(idx):
                 positives[r, [col[k] for k in bags[i]]] = True
             positives = positives.to(device)
-            clips = _augment(frames[idx], gen).to(device)
+            clips = augment(frames[idx], gen).to(device)
             emb = model(clips)
             loss = config.nce_weight * mil_nce_loss(emb, model.embed_text(text_emb[batch_lines]), positives,
                                                     config.temperature)

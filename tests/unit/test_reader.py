@@ -1,6 +1,7 @@
 """The reader on inputs that are not our own corpus: real footage, sidecar subtitles, no subtitles,
 and broken files, each giving a clear per-file outcome."""
 
+import itertools
 from fractions import Fraction
 
 import av
@@ -12,19 +13,27 @@ from videobert.reader import ClipCutter, ClipSpec, VideoReadError, read_corpus, 
 from videobert.subtitles import Cue, format_vtt
 
 
-def _plain_video(path, seconds=4.0, fps=25, size=(96, 64)):
-    """An H.264 file without any subtitle stream; frame i is filled with the value i (grey)."""
+def _write_h264(path, frames, fps):
+    """An H.264 file without any subtitle stream from (H, W, 3) uint8 RGB frames."""
+    frames = iter(frames)
+    first = next(frames)
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
-        for i in range(int(seconds * fps)):
-            f = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), (i * 2) % 256, np.uint8), format="rgb24")
+        s.width, s.height, s.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
+        for i, img in enumerate(itertools.chain([first], frames)):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
             f.pts = i
             for p in s.encode(f):
                 out.mux(p)
         for p in s.encode():
             out.mux(p)
     return path
+
+
+def _plain_video(path, seconds=4.0, fps=25, size=(96, 64)):
+    """An H.264 file without any subtitle stream; frame i is filled with the value i (grey)."""
+    return _write_h264(path, (np.full((size[1], size[0], 3), (i * 2) % 256, np.uint8)
+                              for i in range(int(seconds * fps))), fps)
 
 
 def test_real_footage_is_cut_into_clips():
@@ -59,17 +68,7 @@ def _disc_video(path, size=(192, 108), seconds=2.0, fps=10):
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.where(((xx - w / 2) ** 2 + (yy - h / 2) ** 2 <= 30 ** 2)[:, :, None], 255, 0).astype(np.uint8)
     img = np.repeat(img, 3, axis=2)
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for i in range(int(seconds * fps)):
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            f.pts = i
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
+    return _write_h264(path, [img] * int(seconds * fps), fps)
 
 
 def _extent(frame: np.ndarray) -> tuple[int, int]:
