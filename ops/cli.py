@@ -60,7 +60,11 @@ def cmd_train_encoder(a: argparse.Namespace) -> int:
     cfg = EncoderTrainConfig(arch=a.arch, arch_config=arch_config, clip_frames=a.frames, clip_size=a.size,
                              clip_fit=a.fit, bag_context=a.bag_context, word_lr_mult=a.word_lr_mult,
                              nce_weight=a.nce_weight, temperature=a.temperature, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, word_weight=a.word_weight,
-                             seed=a.seed)
+                             slot_weight=a.slot_weight, seed=a.seed)
+    if a.no_slots:
+        cfg.slots = {}
+    elif a.slot:
+        cfg.slots = _parse_slots(a.slot)
     s = train_encoder(a.data, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet)
     print(json.dumps(s, indent=1))
     return 0
@@ -130,6 +134,17 @@ def cmd_train_videobert(a: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_slots(specs: list[str]) -> dict[str, list[str]]:
+    """["verb=grow,shrink", ...] -> {"verb": ["grow", "shrink"], ...}"""
+    slots: dict[str, list[str]] = {}
+    for spec in specs:
+        name, _, words = spec.partition("=")
+        if not name or not words:
+            raise ValueError(f"--slot takes NAME=word,word,...; got {spec!r}")
+        slots[name] = [w.strip() for w in words.split(",") if w.strip()]
+    return slots
+
+
 def _labels(a: argparse.Namespace):
     from videobert.tagging import LabelSlots
 
@@ -137,12 +152,7 @@ def _labels(a: argparse.Namespace):
     if a.template:
         labels.template = a.template
     if a.slot:
-        labels.slots = {}
-        for spec in a.slot:
-            name, _, words = spec.partition("=")
-            if not name or not words:
-                raise ValueError(f"--slot takes NAME=word,word,...; got {spec!r}")
-            labels.slots[name] = [w.strip() for w in words.split(",") if w.strip()]
+        labels.slots = _parse_slots(a.slot)
     return labels
 
 
@@ -324,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--bag-context", type=float, default=0.5, metavar="SECONDS",
                     help="a clip's candidate narration lines are those within this many seconds of it (default 0.5; "
                          "wider bags catch more offset speech and more of the neighbouring segments' lines)")
+    te.add_argument("--slot", action="append", metavar="NAME=w1,w2",
+                    help="a set of words the picture should tell apart, as the tags will (repeatable; default "
+                         "verb=<the 8 shapes-world verbs> noun=<the 6 nouns>): each gets a softmax head on the encoder's "
+                         "features, taught by which of its words are said near each clip, and the visual words are "
+                         "fit on these heads' predictions")
+    te.add_argument("--no-slots", action="store_true",
+                    help="no slot heads: the visual words are fit on the spoken-word head's predictions")
+    te.add_argument("--slot-weight", type=float, default=1.0, help="weight of the slot losses (default 1)")
     te.add_argument("--seed", type=int, default=0)
     _runtime_args(te)
     te.set_defaults(func=cmd_train_encoder)

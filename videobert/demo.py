@@ -123,15 +123,17 @@ def model_card_markdown(card: dict) -> str:
         f"Trained on {card['corpus']['videos']} shapes-world videos ({card['corpus']['seconds_of_video']:.0f} s), "
         f"evaluated on {ev['clips']} clips of held-out videos of seed {card['heldout_seed']}.", "",
         "## Video encoder (held-out)", "",
-        "| encoder | R@1 | R@5 | semantic R@1 | purity verb | purity noun | word head verb | word head noun |",
-        "|---|---|---|---|---|---|---|---|",
+        "| encoder | R@1 | R@5 | semantic R@1 | purity verb | purity noun | word head verb | word head noun "
+        "| slot verb | slot noun |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         f"| trained | {t['r_at_1']:.2f} | {t['r_at_5']:.2f} | {t.get('semantic_r_at_1', float('nan')):.2f} | "
         f"{t['purity_verb']:.2f} | {t['purity_noun']:.2f} | {t.get('word_head_verb', float('nan')):.2f} | "
-        f"{t.get('word_head_noun', float('nan')):.2f} |",
+        f"{t.get('word_head_noun', float('nan')):.2f} | {t.get('slot_verb', float('nan')):.2f} | "
+        f"{t.get('slot_noun', float('nan')):.2f} |",
     ]
     if u:
         lines.append(f"| untrained | {u['r_at_1']:.2f} | {u['r_at_5']:.2f} | {u.get('semantic_r_at_1', float('nan')):.2f} | "
-                     f"{u['purity_verb']:.2f} | {u['purity_noun']:.2f} | | |")
+                     f"{u['purity_verb']:.2f} | {u['purity_noun']:.2f} | | | | |")
     zs = card["heldout_zero_shot"]
     zs_lines = ["## Zero-shot tagging (held-out, video only)", "",
                 "| | verb | noun | both |", "|---|---|---|---|",
@@ -143,11 +145,12 @@ def model_card_markdown(card: dict) -> str:
                 f"{zs['n_segments']} segments of {card['heldout_encoder_eval']['data']}; template "
                 "\"now let me show you how to [MASK] the [MASK]\", slots restricted to the 8 verbs and 6 nouns.", ""]
     lines += [f"| chance / majority | {t['chance_r_at_1']:.2f} | {t['chance_r_at_5']:.2f} | | "
-              f"{ev.get('majority_verb', float('nan')):.2f} | {ev.get('majority_noun', float('nan')):.2f} | | |", "",
+              f"{ev.get('majority_verb', float('nan')):.2f} | {ev.get('majority_noun', float('nan')):.2f} | | | | |", "",
               f"Retrieval ranks the right clip for a narration line among {t['n']} held-out clips. Visual words: "
               f"{card['vocab']['vocab_size']} (depth {card['vocab']['depth']} x branching {card['vocab']['branching']}). "
               "Word head: the encoder's spoken-word head read as a classifier of each labelled clip's verb and "
-              "noun, before any visual words.", "",
+              "noun, before any visual words; slot: its verb and noun heads, whose predictions the visual words "
+              "quantise.", "",
               *zs_lines, "## Time per step (seconds)", ""]
     lines += [f"- {k}: {v}" for k, v in card["step_seconds"].items()]
     return "\n".join(lines) + "\n"

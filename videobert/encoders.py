@@ -220,7 +220,8 @@ class ClipEmbedder(nn.Module):
     noun, colour) over how the sentence is phrased. The joint embedding is what retrieval compares and
     what the visual words cluster."""
 
-    def __init__(self, encoder: VideoEncoder, text_dim: int = 384, spoken_words: list[str] | None = None):
+    def __init__(self, encoder: VideoEncoder, text_dim: int = 384, spoken_words: list[str] | None = None,
+                 slots: dict[str, list[str]] | None = None):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.feature_dim, text_dim)
@@ -231,14 +232,39 @@ class ClipEmbedder(nn.Module):
         # which narration words the picture predicts (trained with the encoder; see train_encoder)
         self.spoken_words = list(spoken_words or [])
         self.word_head = nn.Linear(text_dim, len(self.spoken_words)) if self.spoken_words else None
+        # slots: named word sets (the tag slots, e.g. verb and noun), each a softmax over its words read off the
+        # encoder's features directly, not through the joint space the sentence contrast shapes (see train_encoder)
+        self.slots = {name: list(words) for name, words in (slots or {}).items()}
+        n_slot_words = sum(len(w) for w in self.slots.values())
+        self.slot_head = nn.Linear(encoder.feature_dim, n_slot_words) if n_slot_words else None
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.head(self.encoder(clips)), dim=-1)  # (B, text_dim)
+        return self.embed_features(self.encoder(clips))  # (B, text_dim)
+
+    def embed_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder features (B, feature_dim) -> joint embeddings (B, text_dim), unit vectors."""
+        return nn.functional.normalize(self.head(features), dim=-1)
+
+    def slot_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Encoder features (B, feature_dim) -> {slot: (B, len(words)) logits}; empty without slots."""
+        if self.slot_head is None:
+            return {}
+        out, logits, k = {}, self.slot_head(features), 0
+        for name, words in self.slots.items():
+            out[name] = logits[:, k:k + len(words)]
+            k += len(words)
+        return out
+
+    def slot_space(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder features -> the square roots of each slot's predicted distribution, side by side and scaled to
+        unit length (N, slot words): Euclidean distance is then the Hellinger distance averaged over slots."""
+        parts = [lg.softmax(dim=-1).sqrt() for lg in self.slot_logits(features).values()]
+        return torch.cat(parts, dim=-1) / len(parts) ** 0.5
 
     def word_space(self, emb: torch.Tensor) -> torch.Tensor:
-        """Joint embeddings (N, text_dim) -> where the visual words are fit: the square root of the predicted
-        distribution over spoken words (N, V), so that Euclidean distance is the Hellinger distance between
-        what two clips would be narrated with. Without a word head, the joint embedding itself."""
+        """Joint embeddings (N, text_dim) -> the square root of the predicted distribution over spoken words
+        (N, V), so that Euclidean distance is the Hellinger distance between what two clips would be narrated
+        with. Without a word head, the joint embedding itself."""
         if self.word_head is None:
             return emb
         return self.word_head(emb).softmax(dim=-1).sqrt()
@@ -259,9 +285,29 @@ class ClipEmbedder(nn.Module):
 
     @torch.no_grad()
     def embed_words(self, clips, batch_size: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
-        """What the visual words quantise: `word_space` of the clips' embeddings."""
+        """What the visual words quantise: the slot space when the embedder has slots (the words the tags
+        choose between), else the word space of the clips' joint embeddings."""
         self.eval()
-        return self.word_space(self.embed(clips, batch_size, device).to(device)).cpu()
+        out = []
+        for i in range(0, len(clips), batch_size):
+            feats = self.encoder(torch.as_tensor(clips[i:i + batch_size]).to(device))
+            out.append((self.slot_space(feats) if self.slot_head is not None
+                        else self.word_space(self.embed_features(feats))).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.space_dim)
+
+    @property
+    def space_dim(self) -> int:
+        """Width of what `embed_words` returns."""
+        if self.slot_head is not None:
+            return self.slot_head.out_features
+        return self.word_head.out_features if self.word_head is not None else self.head.out_features
+
+    @property
+    def space_words(self) -> list[str]:
+        """The word each column of `embed_words` stands for (empty when the space is the joint embedding)."""
+        if self.slot_head is not None:
+            return [w for words in self.slots.values() for w in words]
+        return list(self.spoken_words)
 
 
 def save_embedder(model: ClipEmbedder, directory: str | Path, spec: ClipSpec, extra: dict | None = None) -> None:
@@ -269,7 +315,7 @@ def save_embedder(model: ClipEmbedder, directory: str | Path, spec: ClipSpec, ex
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"arch": model.encoder.arch, "config": model.encoder.config(), "text_dim": model.head.out_features,
             "clip": spec.to_dict(),
-            "spoken_words": model.spoken_words, **(extra or {})}
+            "spoken_words": model.spoken_words, "slots": model.slots, **(extra or {})}
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "encoder.safetensors"))
     (directory / "encoder.json").write_text(json.dumps(meta, indent=1))
 
@@ -280,6 +326,7 @@ def load_embedder(directory: str | Path, device: str | torch.device = "cpu") -> 
     if not meta_path.is_file() or not weights.is_file():
         raise FileNotFoundError(f"{directory} is not an encoder checkpoint (needs encoder.json and encoder.safetensors)")
     meta = json.loads(meta_path.read_text())
-    model = ClipEmbedder(build_encoder(meta["arch"], **meta["config"]), meta["text_dim"], meta.get("spoken_words"))
+    model = ClipEmbedder(build_encoder(meta["arch"], **meta["config"]), meta["text_dim"], meta.get("spoken_words"),
+                         meta.get("slots"))
     model.load_state_dict(load_file(str(weights)))
     return model.to(device).eval(), ClipSpec.from_dict(meta["clip"]), meta

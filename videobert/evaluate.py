@@ -88,8 +88,7 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
         with torch.no_grad():
             queries = model.embed_text(texts.to(device)).cpu()
         r = retrieval(emb, queries, pairs, n=n, seed=seed, verbs=cs.verb, nouns=cs.noun)
-        with torch.no_grad():
-            space = model.word_space(emb.to(device))
+        space = model.embed_words(cs.frames, device=device)
         if km is None:
             fit_space = space if fit_cs is cs else model.embed_words(fit_cs.frames, device=device)
             km = HierarchicalKMeans.fit(fit_space, kmeans_cfg, device=device)
@@ -98,6 +97,7 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
                  purity_noun=purity(words, [cs.noun[i] for i in labelled]), vocab_size=km.vocab_size,
                  words_used=int(len(set(words.tolist()))))
         r.update(word_head_accuracy(model, emb[labelled], cs, labelled, device))
+        r.update(slot_accuracy(model, space[labelled], cs, labelled))
         return r
 
     km = HierarchicalKMeans.load(vocab_dir, device=device) if vocab_dir else None
@@ -134,6 +134,23 @@ def word_head_accuracy(model: ClipEmbedder, emb: torch.Tensor, cs: ClipSet, labe
         cols = [model.spoken_words.index(c) for c in classes]
         pred = [classes[k] for k in logits[:, cols].argmax(dim=1).tolist()]
         out[f"word_head_{key}"] = round(float(np.mean([p == t for p, t in zip(pred, truth)])), 4)
+    return out
+
+
+def slot_accuracy(model: ClipEmbedder, space: torch.Tensor, cs: ClipSet, labelled: np.ndarray) -> dict:
+    """The encoder's slot heads read as classifiers, before any visual words or fusion: for each labelled
+    clip (`space`, its `embed_words` rows in the order of `labelled`), the likeliest word of the `verb` (`noun`)
+    slot, scored against the ground truth at the clip's midpoint (`slot_verb`, `slot_noun`). Empty for an
+    encoder without those slots."""
+    out, k = {}, 0
+    for name, words in model.slots.items():
+        cols = space[:, k:k + len(words)]
+        k += len(words)
+        if name not in ("verb", "noun") or not len(labelled):
+            continue
+        truth = [getattr(cs, name)[i] for i in labelled]
+        pred = [words[j] for j in cols.argmax(dim=1).tolist()]
+        out[f"slot_{name}"] = round(float(np.mean([p == t for p, t in zip(pred, truth)])), 4)
     return out
 
 

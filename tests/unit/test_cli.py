@@ -59,3 +59,22 @@ def test_bad_choice_is_rejected_by_argparse(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["corpus", "make", "--out", "x", "--videos", "1", "--container", "avi"])
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("slot, message", [("verb", "--slot takes NAME=word"), ("verb=grow", "at least 2 distinct"),
+                                           ("noun=Star,circle", "at least 2 distinct")])
+def test_bad_encoder_slot_is_a_clear_error(tiny_corpus, tmp_path, capsys, slot, message):
+    code = main(["train", "encoder", "--data", str(tiny_corpus), "--out", str(tmp_path / "o"), "--slot", slot, "-q"])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "encoder.safetensors").exists()
+
+
+def test_encoder_slots_from_the_command_line(tiny_corpus, tmp_path):
+    out = tmp_path / "o"
+    code = main(["train", "encoder", "--data", str(tiny_corpus), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+                 "--arch-config", '{"width": 4, "feature_dim": 32}', "--slot", "verb=grow,shrink,lift,drop", "-q"])
+    assert code == 0
+    assert json.loads((out / "encoder.json").read_text())["slots"] == {"verb": ["grow", "shrink", "lift", "drop"]}
+    code = main(["train", "encoder", "--data", str(tiny_corpus), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+                 "--arch-config", '{"width": 4, "feature_dim": 32}', "--no-slots", "-q"])
+    assert code == 0 and json.loads((out / "encoder.json").read_text())["slots"] == {}

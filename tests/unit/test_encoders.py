@@ -95,6 +95,33 @@ def test_checkpoint_keeps_the_spoken_word_head(tmp_path):
     assert torch.equal(plain.embed_words(x), plain.embed(x))  # no word head: the joint embedding itself
 
 
+def test_slot_heads_define_the_space_the_visual_words_quantise(tmp_path):
+    torch.manual_seed(0)
+    slots = {"verb": ["grow", "drop", "fade"], "noun": ["circle", "star"]}
+    model = ClipEmbedder(Conv3DEncoder(width=4, feature_dim=16), 32, ["circle", "grow"], slots).eval()
+    save_embedder(model, tmp_path, ClipSpec())
+    loaded, _, meta = load_embedder(tmp_path)
+    assert meta["slots"] == slots and loaded.slots == slots
+    assert loaded.space_words == ["grow", "drop", "fade", "circle", "star"] and loaded.space_dim == 5
+    x = _clips()
+    space = loaded.embed_words(x)
+    assert torch.allclose(space, model.embed_words(x), atol=1e-6)
+    # each slot's part is the square root of a distribution over its words; the whole row has unit length
+    assert space.shape == (2, 5) and torch.allclose(space.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose((space[:, :3] ** 2).sum(1), torch.full((2,), 0.5), atol=1e-5)
+    with torch.no_grad():
+        logits = loaded.slot_logits(loaded.encoder(x))
+    assert set(logits) == {"verb", "noun"} and logits["verb"].shape == (2, 3) and logits["noun"].shape == (2, 2)
+    # a checkpoint written before slots existed loads without them and quantises its word space as before
+    meta.pop("slots")
+    (tmp_path / "encoder.json").write_text(__import__("json").dumps(meta))
+    from safetensors.torch import load_file, save_file
+    weights = {k: v for k, v in load_file(str(tmp_path / "encoder.safetensors")).items() if not k.startswith("slot_head")}
+    save_file(weights, str(tmp_path / "encoder.safetensors"))
+    old, _, _ = load_embedder(tmp_path)
+    assert old.slots == {} and old.space_words == ["circle", "grow"] and old.embed_words(x).shape == (2, 2)
+
+
 def test_a_checkpoint_from_before_fit_reads_clips_stretched(tmp_path):
     import json
 
