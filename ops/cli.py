@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Generate a shapes-world corpus, train the encoder, fit the visual words, pretrain "
                                       "VideoBERT, and evaluate on held-out videos of another seed; writes "
                                       "model_card.json/.md. Reuses finished steps in --out unless --force. quick: about "
-                                      "10 minutes on 2 CPU cores; full: a larger corpus and longer training.")
+                                      "12 to 17 minutes on 2 CPU cores; full: a larger corpus and longer training.")
     td.add_argument("--out", required=True)
     td.add_argument("--preset", choices=("quick", "full"), default="quick")
     td.add_argument("--seed", type=int, default=0)
@@ -435,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="what", required=True, metavar="WHAT")
     ee = ev.add_parser("encoder", help="text-to-clip retrieval and visual-word purity on held-out videos",
                        description="R@1/R@5 of retrieving the right clip for a narration line among N clips, and the "
-                                   "purity of the visual words w.r.t. verb and noun, beside the untrained encoder.")
+                                   "purity of the visual words w.r.t. verb and noun, beside the untrained encoder; and "
+                                   "the encoder's own heads read as classifiers of each labelled clip (word_head_verb, "
+                                   "word_head_noun; slot_verb, slot_noun).")
     ee.add_argument("--encoder", required=True)
     ee.add_argument("--vocab", default=None, help="vocabulary directory (default: fit depth 2 x 12 on the data)")
     ee.add_argument("--data", required=True, help="held-out videos with ground-truth .json")

@@ -13,9 +13,9 @@ A third objective gives each tag slot (by default `verb` and `noun`, the shapes-
 choose between) a softmax head on the encoder's features: its target is which of the slot's words are said
 in the clip's candidate lines. These heads read the features directly, not the joint embedding that the
 sentence contrast pulls toward MiniLM's sentence space (where "circle" and "star" are near neighbours), and
-the visual words are fit on their predictions. Narration names a clip's noun right only about 70% of the time
-(offset speech, neighbouring segments, wrong words), which slows the learning of forms most: nouns are learned
-late, so they gain the most from more training (README, Measured).
+the visual words are fit on their predictions. Narration names a segment's noun right only about 70% of the
+time (DEMO_WORLD.md), offset by up to a second, which slows the learning of forms most: nouns are learned late,
+so they gain the most from more training (README, Measured).
 
 The head learns at `word_lr_mult` times the encoder's rate: it reads unit vectors, so its logits start near
 zero and need large weights to become sharp. A clip's candidate lines are those within `bag_context`
