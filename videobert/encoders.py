@@ -217,8 +217,9 @@ class ClipEmbedder(nn.Module):
 
     Video: encoder features -> linear `head`. Text: a frozen MiniLM sentence embedding -> linear
     `text_head` (initialised to the identity), which learns to weigh what the picture can show (verb,
-    noun, colour) over how the sentence is phrased. The joint embedding is what retrieval compares and
-    what the visual words cluster."""
+    noun, colour) over how the sentence is phrased. The joint embedding is what retrieval compares. What
+    the visual words cluster is `embed_words`: the slot heads' predictions, or without slots the word
+    head's."""
 
     def __init__(self, encoder: VideoEncoder, text_dim: int = 384, spoken_words: list[str] | None = None,
                  slots: dict[str, list[str]] | None = None):
@@ -301,13 +302,6 @@ class ClipEmbedder(nn.Module):
         if self.slot_head is not None:
             return self.slot_head.out_features
         return self.word_head.out_features if self.word_head is not None else self.head.out_features
-
-    @property
-    def space_words(self) -> list[str]:
-        """The word each column of `embed_words` stands for (empty when the space is the joint embedding)."""
-        if self.slot_head is not None:
-            return [w for words in self.slots.values() for w in words]
-        return list(self.spoken_words)
 
 
 def save_embedder(model: ClipEmbedder, directory: str | Path, spec: ClipSpec, extra: dict | None = None) -> None:
