@@ -250,11 +250,7 @@ class ClipEmbedder(nn.Module):
         """Encoder features (B, feature_dim) -> {slot: (B, len(words)) logits}; empty without slots."""
         if self.slot_head is None:
             return {}
-        out, logits, k = {}, self.slot_head(features), 0
-        for name, words in self.slots.items():
-            out[name] = logits[:, k:k + len(words)]
-            k += len(words)
-        return out
+        return dict(zip(self.slots, self.slot_head(features).split([len(w) for w in self.slots.values()], dim=-1)))
 
     def slot_space(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder features -> the square roots of each slot's predicted distribution, side by side and scaled to
@@ -275,33 +271,30 @@ class ClipEmbedder(nn.Module):
         return nn.functional.normalize(self.text_head(sentence_emb), dim=-1)
 
     @torch.no_grad()
-    def embed(self, clips: torch.Tensor, batch_size: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Eval-mode embeddings of uint8 clips (N, T, H, W, 3) (numpy or torch), in batches."""
+    def features(self, clips, batch_size: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Eval-mode encoder features of uint8 clips (N, T, H, W, 3) (numpy or torch), in batches, on the CPU."""
         self.eval()
-        out = []
-        for i in range(0, len(clips), batch_size):
-            chunk = torch.as_tensor(clips[i:i + batch_size]).to(device)
-            out.append(self(chunk).cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.head.out_features)
+        out = [self.encoder(torch.as_tensor(clips[i:i + batch_size]).to(device)).cpu()
+               for i in range(0, len(clips), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.encoder.feature_dim)
+
+    @torch.no_grad()
+    def quantised_space(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder features -> what the visual words quantise: the slot space when the embedder has slots (the
+        words the tags choose between), else the word space of the joint embeddings."""
+        if self.slot_head is not None:
+            return self.slot_space(features)
+        return self.word_space(self.embed_features(features))
+
+    @torch.no_grad()
+    def embed(self, clips, batch_size: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Eval-mode joint embeddings of uint8 clips (N, T, H, W, 3) (numpy or torch), in batches."""
+        return self.embed_features(self.features(clips, batch_size, device).to(device)).cpu()
 
     @torch.no_grad()
     def embed_words(self, clips, batch_size: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
-        """What the visual words quantise: the slot space when the embedder has slots (the words the tags
-        choose between), else the word space of the clips' joint embeddings."""
-        self.eval()
-        out = []
-        for i in range(0, len(clips), batch_size):
-            feats = self.encoder(torch.as_tensor(clips[i:i + batch_size]).to(device))
-            out.append((self.slot_space(feats) if self.slot_head is not None
-                        else self.word_space(self.embed_features(feats))).cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.space_dim)
-
-    @property
-    def space_dim(self) -> int:
-        """Width of what `embed_words` returns."""
-        if self.slot_head is not None:
-            return self.slot_head.out_features
-        return self.word_head.out_features if self.word_head is not None else self.head.out_features
+        """What the visual words quantise (`quantised_space`) for uint8 clips, in batches."""
+        return self.quantised_space(self.features(clips, batch_size, device).to(device)).cpu()
 
 
 def save_embedder(model: ClipEmbedder, directory: str | Path, spec: ClipSpec, extra: dict | None = None) -> None:

@@ -84,11 +84,12 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
               "words_fit_on": str(fit_data or data)}
 
     def measure(model: ClipEmbedder, km: HierarchicalKMeans | None) -> dict:
-        emb = model.embed(cs.frames, device=device)
+        feats = model.features(cs.frames, device=device).to(device)  # one encoder pass for all that follows
         with torch.no_grad():
+            emb = model.embed_features(feats).cpu()
+            space = model.quantised_space(feats).cpu()
             queries = model.embed_text(texts.to(device)).cpu()
         r = retrieval(emb, queries, pairs, n=n, seed=seed, verbs=cs.verb, nouns=cs.noun)
-        space = model.embed_words(cs.frames, device=device)
         if km is None:
             fit_space = space if fit_cs is cs else model.embed_words(fit_cs.frames, device=device)
             km = HierarchicalKMeans.fit(fit_space, kmeans_cfg, device=device)
@@ -142,10 +143,9 @@ def slot_accuracy(model: ClipEmbedder, space: torch.Tensor, cs: ClipSet, labelle
     clip (`space`, its `embed_words` rows in the order of `labelled`), the likeliest word of the `verb` (`noun`)
     slot, scored against the ground truth at the clip's midpoint (`slot_verb`, `slot_noun`). Empty for an
     encoder without those slots."""
-    out, k = {}, 0
-    for name, words in model.slots.items():
-        cols = space[:, k:k + len(words)]
-        k += len(words)
+    out = {}
+    parts = space.split([len(w) for w in model.slots.values()], dim=-1) if model.slots else ()
+    for (name, words), cols in zip(model.slots.items(), parts):
         if name not in ("verb", "noun") or not len(labelled):
             continue
         truth = [getattr(cs, name)[i] for i in labelled]

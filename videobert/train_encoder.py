@@ -113,11 +113,12 @@ def word_targets(lines: list[str], vocab: list[str]) -> torch.Tensor:
     return out
 
 
-def word_loss(logits: torch.Tensor, targets: torch.Tensor, idf: torch.Tensor) -> torch.Tensor:
+def word_loss(logits: torch.Tensor, targets: torch.Tensor, idf: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy of (B, V) logits against the spoken words, each weighted by its inverse document
     frequency and normalised per clip (multi-hot targets as a distribution, as in Mahajan et al. 2018):
-    rare, telling words ("star") count far more than words said in every line ("the")."""
-    t = targets * idf
+    rare, telling words ("star") count far more than words said in every line ("the"). Without `idf`, every
+    word counts the same (a slot's words, which are all telling)."""
+    t = targets * idf if idf is not None else targets
     keep = t.sum(1) > 0
     if not keep.any():
         return logits.sum() * 0.0
@@ -228,7 +229,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
                 loss = loss + config.word_weight * word_loss(model.word_head(emb), targets, idf)
             for name, logits in model.slot_logits(feats).items():
                 targets = (positives.float() @ line_slots[name][batch_lines]).clamp_(max=1.0)  # (B, len(words))
-                loss = loss + config.slot_weight * word_loss(logits, targets, torch.ones(logits.shape[1], device=device))
+                loss = loss + config.slot_weight * word_loss(logits, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
