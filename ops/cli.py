@@ -334,13 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--bag-context", type=float, default=0.5, metavar="SECONDS",
                     help="a clip's candidate narration lines are those within this many seconds of it (default 0.5; "
                          "wider bags catch more offset speech and more of the neighbouring segments' lines)")
-    te.add_argument("--slot", action="append", metavar="NAME=w1,w2",
-                    help="a set of words the picture should tell apart, as the tags will (repeatable; default "
-                         "verb=<the 8 shapes-world verbs> noun=<the 6 nouns>): each gets a softmax head on the encoder's "
-                         "features, taught by which of its words are said near each clip, and the visual words are "
-                         "fit on these heads' predictions")
-    te.add_argument("--no-slots", action="store_true",
-                    help="no slot heads: the visual words are fit on the spoken-word head's predictions")
+    slot_args = te.add_mutually_exclusive_group()
+    slot_args.add_argument("--slot", action="append", metavar="NAME=w1,w2",
+                           help="a set of words the picture should tell apart, as the tags will (repeatable; default "
+                                "verb=<the 8 shapes-world verbs> noun=<the 6 nouns>): each gets a softmax head on the "
+                                "encoder's features, taught by which of its words are said near each clip, and the visual "
+                                "words are fit on these heads' predictions")
+    slot_args.add_argument("--no-slots", action="store_true",
+                           help="no slot heads: the visual words are fit on the spoken-word head's predictions")
     te.add_argument("--slot-weight", type=float, default=1.0, help="weight of the slot losses (default 1)")
     te.add_argument("--seed", type=int, default=0)
     _runtime_args(te)

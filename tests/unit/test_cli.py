@@ -69,6 +69,13 @@ def test_bad_encoder_slot_is_a_clear_error(tiny_corpus, tmp_path, capsys, slot, 
     assert not (tmp_path / "o" / "encoder.safetensors").exists()
 
 
+def test_slot_and_no_slots_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train", "encoder", "--data", "d", "--out", "o", "--slot", "verb=grow,shrink",
+                                   "--no-slots"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 def test_encoder_slots_from_the_command_line(tiny_corpus, tmp_path):
     out = tmp_path / "o"
     code = main(["train", "encoder", "--data", str(tiny_corpus), "--out", str(out), "--epochs", "1", "--batch-size", "32",
