@@ -2,13 +2,15 @@
 # The main job: set up, build the default demo model once (quick preset, reused on later runs), show what it
 # reached on held-out videos, then run the whole service (streaming graph, HTTP API, live page, /metrics)
 # with a live demo stream, until Ctrl-C. Extra arguments go to `vbs up` (e.g. --port 8080 --config FILE);
-# VBS_PRESET=full builds the full-preset model instead.
+# VBS_PRESET=full builds the full-preset model instead (in models/demo-full; a model directory holds one build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ops/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-MODEL_DIR=${VBS_MODEL_DIR:-models/demo}
-.venv/bin/vbs train demo --out "$MODEL_DIR" --preset "${VBS_PRESET:-quick}" > /dev/null
+PRESET=${VBS_PRESET:-quick}
+if [ "$PRESET" = quick ]; then default_dir=models/demo; else default_dir=models/demo-$PRESET; fi
+MODEL_DIR=${VBS_MODEL_DIR:-$default_dir}
+.venv/bin/vbs train demo --out "$MODEL_DIR" --preset "$PRESET" > /dev/null
 cat "$MODEL_DIR/model_card.md"
 video=$(ls "$MODEL_DIR"/data/heldout/*.mp4 | head -n 1)
 echo

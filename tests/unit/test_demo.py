@@ -31,8 +31,25 @@ def test_demo_builds_a_model_and_writes_its_card(tmp_path, monkeypatch):
 
     again = demo.build_demo(tmp_path, preset="tiny", seed=3, workers=2, device="cpu")
     assert again["heldout_zero_shot"] == zs and again["step_seconds"] == card["step_seconds"]  # nothing redone
+    with pytest.raises(ValueError, match="holds a build of preset 'tiny', seed 3"):
+        demo.build_demo(tmp_path, preset="tiny", seed=4, workers=2, device="cpu")
+    assert sorted(p.name for p in (tmp_path / "data" / "train").glob("*.mp4")) == sorted(
+        f"shapes_3_{i:05d}.mp4" for i in range(6))  # nothing of seed 4 written
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         demo.build_demo(tmp_path, preset="huge")
+
+
+@pytest.mark.parametrize("record", ["recipe.json", "model_card.json"])
+def test_a_build_of_another_preset_or_seed_is_refused(tmp_path, monkeypatch, record):
+    """Steps are reused by what a directory holds: a quick build's corpus must not become a full build's."""
+    monkeypatch.setitem(demo.PRESETS, "tiny", TINY)
+    from dataclasses import asdict
+
+    (tmp_path / record).write_text(json.dumps({"preset": "quick", "seed": 0, "recipe": asdict(demo.PRESETS["quick"])}))
+    for preset, seed in (("tiny", 0), ("quick", 1)):
+        with pytest.raises(ValueError, match="holds a build of preset 'quick', seed 0"):
+            demo.build_demo(tmp_path, preset=preset, seed=seed, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [record]  # nothing started
