@@ -128,9 +128,12 @@ def claim(out: Path, wanted: dict) -> None:
             have = json.loads(record.read_text())
             have = {k: have.get(k) for k in wanted}
             if have != wanted:
-                raise ValueError(f"{out} holds a build of preset {have['preset']!r}, seed {have['seed']} (recipe "
-                                 f"{have['recipe']}), not preset {wanted['preset']!r}, seed {wanted['seed']}: "
-                                 "choose another --out, or delete that directory")
+                what = f"preset {have['preset']!r}, seed {have['seed']}"
+                if have["preset"] == wanted["preset"] and have["seed"] == wanted["seed"]:
+                    old = {k: v for k, v in (have["recipe"] or {}).items() if wanted["recipe"].get(k) != v}
+                    what += f" of an older recipe ({old or have['recipe']}; now {wanted['recipe']})"
+                raise ValueError(f"{out} holds a build of {what}, not preset {wanted['preset']!r}, seed "
+                                 f"{wanted['seed']} of the current recipe: choose another --out, or delete that directory")
             break
     (out / "recipe.json").write_text(json.dumps(wanted, indent=1))
 

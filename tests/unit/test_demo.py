@@ -53,3 +53,12 @@ def test_a_build_of_another_preset_or_seed_is_refused(tmp_path, monkeypatch, rec
         with pytest.raises(ValueError, match="holds a build of preset 'quick', seed 0"):
             demo.build_demo(tmp_path, preset=preset, seed=seed, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [record]  # nothing started
+
+
+def test_a_build_of_an_older_recipe_is_refused_and_named(tmp_path):
+    from dataclasses import asdict
+
+    older = {**asdict(demo.PRESETS["quick"]), "encoder_epochs": 6}
+    (tmp_path / "model_card.json").write_text(json.dumps({"preset": "quick", "seed": 0, "recipe": older}))
+    with pytest.raises(ValueError, match=r"seed 0 of an older recipe \(\{'encoder_epochs': 6\}"):
+        demo.build_demo(tmp_path, preset="quick", seed=0)
