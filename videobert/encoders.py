@@ -246,11 +246,15 @@ class ClipEmbedder(nn.Module):
         """Encoder features (B, feature_dim) -> joint embeddings (B, text_dim), unit vectors."""
         return nn.functional.normalize(self.head(features), dim=-1)
 
+    def by_slot(self, columns: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, all slot words) -> {slot: (B, len(words))}: the slots' columns, in the order of `slots`."""
+        return dict(zip(self.slots, columns.split([len(w) for w in self.slots.values()], dim=-1)))
+
     def slot_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Encoder features (B, feature_dim) -> {slot: (B, len(words)) logits}; empty without slots."""
         if self.slot_head is None:
             return {}
-        return dict(zip(self.slots, self.slot_head(features).split([len(w) for w in self.slots.values()], dim=-1)))
+        return self.by_slot(self.slot_head(features))
 
     def slot_space(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder features -> the square roots of each slot's predicted distribution, side by side and scaled to

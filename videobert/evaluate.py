@@ -144,12 +144,13 @@ def slot_accuracy(model: ClipEmbedder, space: torch.Tensor, cs: ClipSet, labelle
     slot, scored against the ground truth at the clip's midpoint (`slot_verb`, `slot_noun`). Empty for an
     encoder without those slots."""
     out = {}
-    parts = space.split([len(w) for w in model.slots.values()], dim=-1) if model.slots else ()
-    for (name, words), cols in zip(model.slots.items(), parts):
-        if name not in ("verb", "noun") or not len(labelled):
+    if not model.slots or not len(labelled):
+        return out
+    for name, cols in model.by_slot(space).items():
+        if name not in ("verb", "noun"):
             continue
         truth = [getattr(cs, name)[i] for i in labelled]
-        pred = [words[j] for j in cols.argmax(dim=1).tolist()]
+        pred = [model.slots[name][j] for j in cols.argmax(dim=1).tolist()]
         out[f"slot_{name}"] = round(float(np.mean([p == t for p, t in zip(pred, truth)])), 4)
     return out
 
