@@ -60,7 +60,7 @@ def cmd_train_encoder(a: argparse.Namespace) -> int:
     cfg = EncoderTrainConfig(arch=a.arch, arch_config=arch_config, clip_frames=a.frames, clip_size=a.size,
                              clip_fit=a.fit, bag_context=a.bag_context, word_lr_mult=a.word_lr_mult,
                              nce_weight=a.nce_weight, temperature=a.temperature, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, word_weight=a.word_weight,
-                             slot_weight=a.slot_weight, seed=a.seed)
+                             slot_weight=a.slot_weight, precision=a.precision, seed=a.seed)
     if a.no_slots:
         cfg.slots = {}
     elif a.slot:
@@ -127,7 +127,8 @@ def cmd_train_videobert(a: argparse.Namespace) -> int:
         raise ValueError(f"--objectives takes a comma list of text, video, align; got {a.objectives!r}")
     mix = {"cross": a.mix[0], "text": a.mix[1], "video": a.mix[2]}
     cfg = PretrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, objectives=objectives, mix=mix, seed=a.seed,
-                         init_visual_from_text=not a.no_text_init, grounding_floor=a.grounding_floor)
+                         init_visual_from_text=not a.no_text_init, grounding_floor=a.grounding_floor,
+                         precision=a.precision)
     s = pretrain(a.data, a.encoder, a.vocab, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet,
                  restart=a.restart)
     print(json.dumps({k: v for k, v in s.items() if k != "history"}, indent=1))
@@ -251,6 +252,12 @@ def cmd_stop(a: argparse.Namespace) -> int:
     return 0
 
 
+def _precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="the forward pass in bf16 autocast or fp32; auto (default): bf16 on a GPU that has it and on a "
+                        "CPU with bf16 instructions (AMX or AVX512-BF16: about twice as fast there), else fp32")
+
+
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     """Where a command runs: --device, --workers (processes reading videos) and -q."""
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
@@ -343,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     slot_args.add_argument("--no-slots", action="store_true",
                            help="no slot heads: the visual words are fit on the spoken-word head's predictions")
     te.add_argument("--slot-weight", type=float, default=1.0, help="weight of the slot losses (default 1)")
+    _precision_arg(te)
     te.add_argument("--seed", type=int, default=0)
     _runtime_args(te)
     te.set_defaults(func=cmd_train_encoder)
@@ -398,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--grounding-floor", type=float, default=0.05, metavar="W",
                     help="masking weight of a text token the picture does not explain; grounded tokens weigh this "
                          "plus their grounding (default 0.05; a large value masks every token alike, as plain BERT)")
+    _precision_arg(tb)
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--restart", action="store_true", help="ignore an unfinished run in --out and start over")
     _runtime_args(tb)

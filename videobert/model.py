@@ -152,7 +152,7 @@ class VideoBertForPreTraining(nn.Module):
         1 (text and video belong together), 0 (they do not) or -1 (no alignment target)."""
         hidden = self.bert(input_ids=input_ids, token_type_ids=token_type_ids,
                            attention_mask=attention_mask).last_hidden_state  # (B, L, H)
-        align_logits = self.align_head(hidden[:, 0]).squeeze(-1)  # (B,)
+        align_logits = self.align_head(hidden[:, 0]).squeeze(-1).float()  # (B,); float32 under bf16 autocast too
         out = VideoBertOutput(hidden=hidden, align_logits=align_logits)
         losses = []
         if mlm_labels is not None:
@@ -161,10 +161,10 @@ class VideoBertForPreTraining(nn.Module):
             h = self.mlm_transform(hidden[where])  # (K, H)
             is_video = labels >= self.config.visual_offset
             if (~is_video).any():
-                out.text_mlm_loss = F.cross_entropy(self.text_logits(h[~is_video]), labels[~is_video])
+                out.text_mlm_loss = F.cross_entropy(self.text_logits(h[~is_video]).float(), labels[~is_video])
                 losses.append(out.text_mlm_loss)
             if is_video.any():
-                out.video_mlm_loss = F.cross_entropy(self.video_logits(h[is_video]),
+                out.video_mlm_loss = F.cross_entropy(self.video_logits(h[is_video]).float(),
                                                      labels[is_video] - self.config.visual_offset)
                 losses.append(out.video_mlm_loss)
         if align_labels is not None and (align_labels >= 0).any():

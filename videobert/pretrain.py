@@ -18,6 +18,7 @@ from videobert.clipset import ClipSet, load_clipset
 from videobert.model import IGNORE, VideoBertConfig, VideoBertForPreTraining
 from videobert.sequences import Example, SequenceBuilder, collate
 from videobert.text import load_tokenizer
+from videobert.precision import autocast, resolve as resolve_precision
 from videobert.train_encoder import default_device
 from videobert.visual_words import VisualTokenizer
 
@@ -44,6 +45,7 @@ class PretrainConfig:
     grounding_floor: float = 0.05  # masking weight of a text token the picture does not explain (see sequences)
     init_visual_from_text: bool = True  # start visual words near the grounded words spoken over them
     num_layers: int = 6
+    precision: str = "auto"  # the forward pass: "bf16" autocast, "fp32", or "auto" (videobert.precision)
     seed: int = 0
 
 
@@ -110,6 +112,7 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
              progress: bool = True, restart: bool = False, init: str = "minilm") -> dict:
     """Pretrain on every video under `data`. Resumes from `out` when it holds an unfinished run."""
     device = torch.device(device) if device else default_device()
+    amp = resolve_precision(cfg.precision, device)  # a bad setting fails here, before reading videos
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -120,7 +123,8 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
     corpus = build_corpus(cs, vt, builder, cfg)
     step_pairs = [(t, corpus.words[vi][clips].tolist()) for t, vi, clips in corpus.pairs]
     builder.fit_grounding(step_pairs, floor=cfg.grounding_floor)
-    log.info("pretraining on %d videos, %d clips, %d narration lines", len(corpus.words), len(cs), len(corpus.pairs))
+    log.info("pretraining on %d videos, %d clips, %d narration lines, %s", len(corpus.words), len(cs), len(corpus.pairs),
+             amp)
 
     model = (VideoBertForPreTraining.from_minilm(mcfg, seed=cfg.seed) if init == "minilm"
              else VideoBertForPreTraining(mcfg)).to(device)
@@ -131,7 +135,7 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
     groups = [{"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
                "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps)
                                               * max(0.0, 1 - s / cfg.steps))
     rng = np.random.default_rng(cfg.seed)
@@ -164,7 +168,8 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
     window: dict[str, list[float]] = {}
     while step < cfg.steps:
         batch = collate([sample_example(corpus, builder, cfg, rng) for _ in range(cfg.batch_size)], device)
-        o = model(**batch)
+        with autocast(device, amp):  # the model casts its logits to float32 before the losses
+            o = model(**batch)
         if o.loss is None:
             continue
         opt.zero_grad(set_to_none=True)
@@ -184,6 +189,7 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
             checkpoint()
     bar.close()
     summary = {"steps": step, "seconds_this_run": round(time.perf_counter() - start, 1), "history": history,
-               "videos": len(corpus.words), "pairs": len(corpus.pairs), "device": str(device)}
+               "videos": len(corpus.words), "pairs": len(corpus.pairs), "device": str(device),
+               "precision": amp}
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from videobert.clipset import BAG_CONTEXT_S, ClipSet, load_clipset
 from videobert.encoders import ClipEmbedder, build_encoder, check_arch, save_embedder
+from videobert.precision import autocast, resolve as resolve_precision
 from videobert.reader import ClipSpec
 from videobert.text import SentenceEncoder
 from videobert.world import NOUNS, VERBS
@@ -67,6 +68,7 @@ class EncoderTrainConfig:
     # named word sets the picture should tell apart (the tag slots): one softmax each, on the encoder's features
     slots: dict = field(default_factory=lambda: {"verb": list(VERBS), "noun": list(NOUNS)})
     slot_weight: float = 1.0  # weight of the slot losses (0, or no slots, switches them off)
+    precision: str = "auto"  # the encoder's forward pass: "bf16" autocast, "fp32", or "auto" (videobert.precision)
     seed: int = 0
 
     @property
@@ -170,6 +172,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     check_arch(config.arch, config.arch_config)  # before minutes of reading videos
     check_config(config)
     device = torch.device(device) if device else default_device()
+    amp = resolve_precision(config.precision, device)  # a bad setting fails here, before reading videos
     out = Path(out)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -183,7 +186,8 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     line_id = {t: k for k, t in enumerate(lines)}
     text_emb = SentenceEncoder(device).encode(lines).to(device)  # (L, 384)
     bags = [[line_id[t] for t in clip_bags[i]] for i in range(len(cs))]
-    log.info("training on %d clips with narration nearby (%d distinct lines) of %d clips", len(usable), len(lines), len(cs))
+    log.info("training on %d clips with narration nearby (%d distinct lines) of %d clips, %s", len(usable), len(lines),
+             len(cs), amp)
 
     vocab = narration_words(lines, config.word_min_lines) if config.word_weight > 0 else []
     slots = config.slots if config.slot_weight > 0 else {}
@@ -197,7 +201,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     groups = [{"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": config.lr}]
     if head_params:
         groups.append({"params": head_params, "lr": config.lr * config.word_lr_mult})
-    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     steps_per_epoch = math.ceil(len(usable) / config.batch_size)
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total,
@@ -220,7 +224,8 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
                 positives[r, [col[k] for k in bags[i]]] = True
             positives = positives.to(device)
             clips = augment(frames[idx], gen).to(device)
-            feats = model.encoder(clips)
+            with autocast(device, amp):  # the convolutions; heads and losses stay float32
+                feats = model.encoder(clips).float()
             emb = model.embed_features(feats)
             loss = config.nce_weight * mil_nce_loss(emb, model.embed_text(text_emb[batch_lines]), positives,
                                                     config.temperature)
@@ -244,6 +249,6 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     bar.close()
     summary = {"clips": int(len(usable)), "lines": len(lines), "epochs": config.epochs, "spoken_words": len(vocab),
                "final_loss": history[-1]["loss"], "seconds": round(time.perf_counter() - start, 1),
-               "device": str(device)}
+               "device": str(device), "precision": amp}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -62,3 +62,39 @@ def test_a_build_of_an_older_recipe_is_refused_and_named(tmp_path):
     (tmp_path / "model_card.json").write_text(json.dumps({"preset": "quick", "seed": 0, "recipe": older}))
     with pytest.raises(ValueError, match=r"seed 0 of an older recipe \(\{'encoder_epochs': 6\}"):
         demo.build_demo(tmp_path, preset="quick", seed=0)
+
+
+def _build_in_a_new_process(out, hash_seed: str) -> None:
+    """The tiny build in a fresh interpreter: nothing cached in memory, and another string-hash order."""
+    import os
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    code = ("import sys\nfrom videobert import demo\n"
+            f"demo.PRESETS['tiny'] = demo.Preset(**{asdict(TINY)!r})\n"
+            f"demo.build_demo({str(out)!r}, preset='tiny', seed=3, workers=2, device='cpu')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600,
+                   env={**os.environ, "PYTHONHASHSEED": hash_seed})
+
+
+def test_a_build_is_deterministic_per_seed(tmp_path):
+    """Two builds of one seed, each in its own process, give the same bytes: corpus, encoder, visual words,
+    VideoBERT, and the held-out figures (on one machine: the float sums depend on its thread count)."""
+    import hashlib
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _build_in_a_new_process(a, "1")
+    _build_in_a_new_process(b, "2")
+    for part in ["data/train/shapes_3_00000.mp4", "data/heldout/shapes_1003_00002.mp4", "encoder/encoder.safetensors",
+                 "videobert/model.safetensors"] + [f"vocab/{p.name}" for p in (a / "vocab").glob("*.safetensors")]:
+        assert hashlib.sha256((a / part).read_bytes()).digest() == hashlib.sha256((b / part).read_bytes()).digest(), part
+
+    def figures(d, part):  # a JSON record without the paths that name its own directory
+        return {k: v for k, v in json.loads((d / part).read_text()).items() if not str(v).startswith(str(d))}
+
+    for part in ("vocab/vocab.json", "eval_encoder.json", "eval_zero_shot.json"):
+        assert figures(a, part) == figures(b, part), part
+    card_a, card_b = (json.loads((d / "model_card.json").read_text()) for d in (a, b))
+    assert card_a["encoder"]["final_loss"] == card_b["encoder"]["final_loss"]
+    assert card_a["videobert"]["history"] == card_b["videobert"]["history"]

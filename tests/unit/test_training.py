@@ -144,8 +144,9 @@ def test_encoder_options_reach_training(tiny_corpus, tmp_path):
     """A narrow bag, the word head's own learning rate and no sentence contrast: training runs and the
     options are recorded with the checkpoint."""
     cfg = EncoderTrainConfig(arch_config=TINY, epochs=1, batch_size=32, word_min_lines=2, bag_context=0.0,
-                             word_lr_mult=10.0, nce_weight=0.0)
+                             word_lr_mult=10.0, nce_weight=0.0, precision="fp32")
     summary = train_encoder(tiny_corpus, tmp_path, cfg, device="cpu", progress=False)
     train = json.loads((tmp_path / "encoder.json").read_text())["train"]
     assert (train["bag_context"], train["word_lr_mult"], train["nce_weight"]) == (0.0, 10.0, 0.0)
+    assert train["precision"] == summary["precision"] == "fp32"
     assert summary["spoken_words"] > 0 and np.isfinite(summary["final_loss"])

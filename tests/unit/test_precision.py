@@ -1,0 +1,43 @@
+"""Training precision: "auto" picks bf16 only where the hardware runs it, and bad settings are clear errors."""
+
+import pytest
+import torch
+
+from videobert import precision
+from videobert.pretrain import PretrainConfig, pretrain
+from videobert.train_encoder import EncoderTrainConfig, train_encoder
+
+
+def test_auto_follows_the_cpu_and_explicit_choices_stand():
+    assert precision.resolve("auto", "cpu") == ("bf16" if precision.cpu_has_fast_bf16() else "fp32")
+    assert precision.resolve("fp32", "cpu") == "fp32"
+    assert precision.resolve("bf16", "cpu") == "bf16"  # asked for: emulated where the CPU lacks it, but it runs
+
+
+def test_autocast_runs_matrix_work_in_bf16_only_when_asked():
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with precision.autocast("cpu", "bf16"):
+        assert (a @ b).dtype == torch.bfloat16
+    with precision.autocast("cpu", "fp32"):
+        assert (a @ b).dtype == torch.float32
+
+
+@pytest.mark.parametrize("bad, message", [("fp16", "precision must be one of"), ("", "precision must be one of")])
+def test_unknown_precision_is_a_clear_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        precision.resolve(bad, "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_bf16_on_a_missing_cuda_device_is_refused():
+    with pytest.raises(ValueError, match="not supported on cuda"):
+        precision.resolve("bf16", "cuda")
+
+
+def test_trainers_refuse_a_bad_precision_before_reading(tmp_path):
+    """tmp_path holds no videos: the setting is refused before looking for them."""
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train_encoder(tmp_path, tmp_path / "enc", EncoderTrainConfig(precision="half"), device="cpu", progress=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pretrain(tmp_path, tmp_path / "enc", tmp_path / "vocab", tmp_path / "vb", PretrainConfig(precision="half"),
+                 device="cpu", progress=False)
