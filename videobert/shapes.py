@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -56,8 +57,9 @@ def inside_unit_shape(noun: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {noun!r}")
 
 
+@lru_cache(maxsize=16)  # a shape that blinks or fades stays put: its mask is drawn once per segment
 def coverage(noun: str, cx: float, cy: float, radius: float, height: int, width: int):
-    """Anti-aliased coverage of a shape: (y0, y1, x0, x1, mask) with mask (y1-y0, x1-x0) in [0, 1].
+    """Anti-aliased coverage of a shape: (y0, y1, x0, x1, mask) with mask (y1-y0, x1-x0) in [0, 1], read-only.
 
     Returns None when the shape lies entirely outside the frame."""
     x0, x1 = max(0, int(math.floor(cx - radius)) - 1), min(width, int(math.ceil(cx + radius)) + 2)
@@ -72,22 +74,38 @@ def coverage(noun: str, cx: float, cy: float, radius: float, height: int, width:
     v = (ys[:, None] - cy) / radius
     hit = inside_unit_shape(noun, np.broadcast_to(u, (len(ys), len(xs))), np.broadcast_to(v, (len(ys), len(xs))))
     mask = hit.reshape(y1 - y0, s, x1 - x0, s).mean(axis=(1, 3)).astype(np.float32)
+    mask.flags.writeable = False  # shared by every caller of the cache
     return y0, y1, x0, x1, mask
+
+
+def painted(img: np.ndarray, noun: str, rgb: tuple[int, int, int], cx: float, cy: float, radius: float,
+            alpha: float = 1.0) -> tuple[int, int, np.ndarray] | None:
+    """The part of img (H, W, 3) float32 that painting a shape over it changes, alpha-blended, as a new array:
+    (y0, x0, region), or None when nothing changes. img itself is left as it is."""
+    if alpha <= 0:
+        return None
+    cov = coverage(noun, cx, cy, radius, img.shape[0], img.shape[1])
+    if cov is None:
+        return None
+    y0, y1, x0, x1, mask = cov
+    a = (mask * alpha)[:, :, None]
+    region = img[y0:y1, x0:x1] * (1.0 - a)
+    region += a * np.asarray(rgb, dtype=np.float32)
+    return y0, x0, region
 
 
 def paint(img: np.ndarray, noun: str, rgb: tuple[int, int, int], cx: float, cy: float, radius: float,
           alpha: float = 1.0) -> None:
     """Alpha-blend a shape into img (H, W, 3) float32, in place."""
-    if alpha <= 0:
-        return
-    cov = coverage(noun, cx, cy, radius, img.shape[0], img.shape[1])
-    if cov is None:
-        return
-    y0, y1, x0, x1, mask = cov
-    a = (mask * alpha)[:, :, None]
-    region = img[y0:y1, x0:x1]
-    region *= 1.0 - a
-    region += a * np.asarray(rgb, dtype=np.float32)
+    p = painted(img, noun, rgb, cx, cy, radius, alpha)
+    if p is not None:
+        y0, x0, region = p
+        img[y0:y0 + region.shape[0], x0:x0 + region.shape[1]] = region
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """float32 pixels -> uint8, rounded and clipped."""
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
 def background(rng: np.random.Generator, kind: str, height: int, width: int) -> np.ndarray:
