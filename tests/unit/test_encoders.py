@@ -172,3 +172,25 @@ def test_fovea_encoder_shapes_and_round_trip(tmp_path, frames):
     loaded, spec, _ = load_embedder(tmp_path)
     assert loaded.encoder.config()["fovea_frames"] == frames
     assert spec.size == 128 and torch.allclose(model(x), loaded(x), atol=1e-5)
+
+
+def test_augment_jitters_frames_but_keeps_their_content():
+    """Same generator state, same batch; a flat grey clip stays flat (its brightness scaled by 0.8-1.2); a clip
+    whose left half is bright comes back mirrored in about half the batch, never anything else."""
+    from videobert.train_encoder import augment
+
+    flat = torch.full((64, 8, 32, 32, 3), 100, dtype=torch.uint8)
+    out = augment(flat, torch.Generator().manual_seed(0))
+    assert out.shape == flat.shape and out.dtype == torch.uint8
+    per_clip = out.flatten(1)
+    assert (per_clip.max(1).values == per_clip.min(1).values).all()
+    assert 79 <= int(per_clip.min()) and int(per_clip.max()) <= 121 and per_clip.float().std() > 3
+    assert torch.equal(augment(flat, torch.Generator().manual_seed(0)), out)
+
+    half = torch.zeros((64, 8, 32, 32, 3), dtype=torch.uint8)
+    half[:, :, :, :16] = 200
+    out = augment(half, torch.Generator().manual_seed(1)).float()
+    left, right = out[:, :, :, :8].mean(dim=(1, 2, 3, 4)), out[:, :, :, -8:].mean(dim=(1, 2, 3, 4))
+    mirrored = right > left
+    assert ((left > 150) ^ mirrored).all() and ((right > 150) == mirrored).all()
+    assert 16 <= int(mirrored.sum()) <= 48
