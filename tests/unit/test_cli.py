@@ -69,6 +69,13 @@ def test_bad_encoder_slot_is_a_clear_error(tiny_corpus, tmp_path, capsys, slot, 
     assert not (tmp_path / "o" / "encoder.safetensors").exists()
 
 
+def test_an_unknown_precision_is_refused_by_argparse(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train", "videobert", "--data", "d", "--encoder", "e", "--vocab", "v", "--out", "o",
+                                   "--precision", "fp16"])
+    assert e.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
 def test_slot_and_no_slots_together_are_refused(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["train", "encoder", "--data", "d", "--out", "o", "--slot", "verb=grow,shrink",
@@ -83,5 +90,6 @@ def test_encoder_slots_from_the_command_line(tiny_corpus, tmp_path):
     assert code == 0
     assert json.loads((out / "encoder.json").read_text())["slots"] == {"verb": ["grow", "shrink", "lift", "drop"]}
     code = main(["train", "encoder", "--data", str(tiny_corpus), "--out", str(out), "--epochs", "1", "--batch-size", "32",
-                 "--arch-config", '{"width": 4, "feature_dim": 32}', "--no-slots", "-q"])
-    assert code == 0 and json.loads((out / "encoder.json").read_text())["slots"] == {}
+                 "--arch-config", '{"width": 4, "feature_dim": 32}', "--no-slots", "--precision", "fp32", "-q"])
+    encoder = json.loads((out / "encoder.json").read_text())
+    assert code == 0 and encoder["slots"] == {} and encoder["train"]["precision"] == "fp32"
