@@ -40,6 +40,7 @@ class Preset:
     vocab_depth: int
     vocab_branching: int
     pretrain_steps: int
+    precision: str = "auto"  # both trainers' forward pass (videobert.precision): "auto", "bf16" or "fp32"
 
 
 PRESETS = {
@@ -82,7 +83,7 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
         train_dir, p.train_videos, seed=seed, workers=workers, min_seconds=p.min_seconds, max_seconds=p.max_seconds))
     step("heldout_corpus", held_dir / "corpus.json", lambda: make_corpus(
         held_dir, p.heldout_videos, seed=seed + HELDOUT_SEED_OFFSET, workers=workers))
-    enc_cfg = EncoderTrainConfig(epochs=p.encoder_epochs, seed=seed)
+    enc_cfg = EncoderTrainConfig(epochs=p.encoder_epochs, precision=p.precision, seed=seed)
     step("encoder", enc_dir / "train_summary.json", lambda: train_encoder(train_dir, enc_dir, enc_cfg, device=dev,
                                                                          workers=workers))
     km_cfg = KMeansConfig(depth=p.vocab_depth, branching=p.vocab_branching, seed=seed)
@@ -92,7 +93,7 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
     step("eval_encoder", eval_path, lambda: eval_path.write_text(json.dumps(evaluate_encoder(
         enc_dir, vocab_dir, held_dir, device=dev, workers=workers, fit_data=train_dir), indent=1)))
     vb_dir = out / "videobert"
-    pre_cfg = PretrainConfig(steps=p.pretrain_steps, seed=seed)
+    pre_cfg = PretrainConfig(steps=p.pretrain_steps, precision=p.precision, seed=seed)
     step("videobert", vb_dir / "pretrain_summary.json", lambda: pretrain(
         train_dir, enc_dir, vocab_dir, vb_dir, pre_cfg, device=dev, workers=workers, restart=force))
     zs_path = out / "eval_zero_shot.json"

@@ -22,6 +22,9 @@ def test_demo_builds_a_model_and_writes_its_card(tmp_path, monkeypatch):
     zs = card["heldout_zero_shot"]
     assert zs["n_segments"] > 0 and 0 <= zs["verb_top1"] <= zs["verb_top3"] <= 1
     assert card["vocab"]["vocab_size"] == 6
+    from videobert.precision import resolve
+
+    assert card["encoder"]["precision"] == card["videobert"]["precision"] == resolve(TINY.precision, "cpu")
     on_disk = json.loads((tmp_path / "model_card.json").read_text())
     assert on_disk["heldout_zero_shot"] == zs
     md = (tmp_path / "model_card.md").read_text()

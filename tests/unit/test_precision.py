@@ -41,3 +41,16 @@ def test_trainers_refuse_a_bad_precision_before_reading(tmp_path):
     with pytest.raises(ValueError, match="precision must be one of"):
         pretrain(tmp_path, tmp_path / "enc", tmp_path / "vocab", tmp_path / "vb", PretrainConfig(precision="half"),
                  device="cpu", progress=False)
+
+
+def test_precision_benchmark_writes_both_precisions_side_by_side(tmp_path):
+    import json
+
+    from bench import train_precision
+
+    out = tmp_path / "p.json"
+    assert train_precision.main(["--out", str(out), "--rounds", "1", "--steps", "1", "--device", "cpu"]) == 0
+    r = json.loads(out.read_text())
+    for name in ("encoder", "videobert"):
+        s = r[name]["seconds_per_step"]
+        assert s["fp32"] > 0 and s["bf16"] > 0 and abs(r[name]["bf16_speedup"] - s["fp32"] / s["bf16"]) < 0.05

@@ -1,0 +1,111 @@
+"""Training step time in float32 and in bf16 autocast, side by side: the video encoder (a batch of 96 clips,
+8 x 64 x 64, augmented, as `vbs train encoder` runs it) and VideoBERT (32 sequences of 36 tokens from
+MiniLM, as `vbs train videobert` runs it). The two precisions alternate round by round, so a busy machine
+slows both alike; the ratio is the figure to read. Writes JSON.
+
+    python -m bench.train_precision --out bench/results/train_precision.json [--rounds 5 --steps 5]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from videobert.encoders import build_encoder
+from videobert.model import IGNORE, VideoBertConfig, VideoBertForPreTraining
+from videobert.precision import autocast, cpu_has_fast_bf16
+from videobert.train_encoder import augment, default_device
+
+
+def encoder_step(device: torch.device, precision: str):
+    enc = build_encoder("conv3d-small").to(device).to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.AdamW(enc.parameters(), lr=1e-3, fused=True)
+    gen = torch.Generator().manual_seed(0)
+    clips = torch.randint(0, 256, (96, 8, 64, 64, 3), dtype=torch.uint8, generator=gen)
+
+    def step() -> None:
+        with autocast(device, precision):
+            feats = enc(augment(clips, gen).to(device)).float()
+        loss = feats.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def videobert_step(device: torch.device, precision: str):
+    cfg = VideoBertConfig(visual_vocab_size=144)
+    model = VideoBertForPreTraining.from_minilm(cfg).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (32, 36), generator=gen)
+    labels = torch.full_like(ids, IGNORE)
+    labels[:, 3:8] = ids[:, 3:8]
+    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": torch.ones_like(ids),
+             "mlm_labels": labels, "align_labels": torch.randint(0, 2, (32,), generator=gen)}
+    batch = {k: v.to(device) for k, v in batch.items()}
+
+    def step() -> None:
+        with autocast(device, precision):
+            out = model(**batch)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return step
+
+
+def measure(make, device: torch.device, rounds: int, steps: int) -> dict:
+    runners = {p: make(device, p) for p in ("fp32", "bf16")}
+    for run in runners.values():  # warm-up: first calls pick kernels and allocate
+        run()
+        run()
+    times: dict[str, list[float]] = {p: [] for p in runners}
+    for _ in range(rounds):
+        for p, run in runners.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(steps):
+                run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[p].append((time.perf_counter() - t) / steps)
+    med = {p: statistics.median(v) for p, v in times.items()}
+    return {"seconds_per_step": {p: round(v, 4) for p, v in med.items()},
+            "all_rounds": {p: [round(x, 4) for x in v] for p, v in times.items()},
+            "bf16_speedup": round(med["fp32"] / med["bf16"], 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="JSON file to write")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of each precision, alternating (default 5)")
+    ap.add_argument("--steps", type=int, default=5, help="training steps per round (default 5)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    a = ap.parse_args(argv)
+    device = torch.device(a.device) if a.device else default_device()
+    if device.type == "cpu" and not cpu_has_fast_bf16():
+        print("note: this CPU has no bf16 instructions; bf16 is emulated here and `auto` would pick fp32")
+    result = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "fast_bf16_cpu": cpu_has_fast_bf16(), "rounds": a.rounds, "steps_per_round": a.steps,
+              "encoder": measure(encoder_step, device, a.rounds, a.steps),
+              "videobert": measure(videobert_step, device, a.rounds, a.steps)}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    for name in ("encoder", "videobert"):
+        r = result[name]
+        print(f"{name:10s} fp32 {r['seconds_per_step']['fp32']:.3f} s/step  bf16 {r['seconds_per_step']['bf16']:.3f} "
+              f"s/step  bf16 speed-up {r['bf16_speedup']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
