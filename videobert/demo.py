@@ -48,8 +48,9 @@ PRESETS = {
     # learned early; nouns (forms) late, from narration that names them right about 70% of the time: with
     # slot heads, 12 epochs over the quick corpus instead of 6 took zero-shot nouns from 0.455 to 0.795, at
     # twice the encoder's time. The full preset's 1,600 videos at 6 epochs (four times the distinct videos, twice the
-    # clip passes) reached 0.991 / 0.982 zero-shot verb / noun (seed 0, 2026-11-29), in 94 minutes on
-    # 2 CPU cores: over its 60-minute budget there, meant for a GPU
+    # clip passes) reached 0.991 / 0.982 zero-shot verb / noun (seed 0, 2026-11-30), in 42 minutes on
+    # 2 CPU cores with bf16 (94 in float32). The quick preset's nouns ranged 0.68 to 0.80 over 7 builds of
+    # 2026-11-28..30: at the edge of its 0.75 target (README, Measured)
     "quick": Preset(train_videos=400, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=12,
                     vocab_depth=2, vocab_branching=12, pretrain_steps=450),
     "full": Preset(train_videos=1600, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=6,
