@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from videobert.clipset import ClipSet, load_clipset
 from videobert.model import IGNORE, VideoBertConfig, VideoBertForPreTraining
+from videobert.precision import autocast, resolve as resolve_precision
 from videobert.sequences import Example, SequenceBuilder, collate
 from videobert.text import load_tokenizer
-from videobert.precision import autocast, resolve as resolve_precision
 from videobert.train_encoder import default_device
 from videobert.visual_words import VisualTokenizer
 
