@@ -60,7 +60,7 @@ def cmd_train_encoder(a: argparse.Namespace) -> int:
     cfg = EncoderTrainConfig(arch=a.arch, arch_config=arch_config, clip_frames=a.frames, clip_size=a.size,
                              clip_fit=a.fit, bag_context=a.bag_context, word_lr_mult=a.word_lr_mult,
                              nce_weight=a.nce_weight, temperature=a.temperature, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, word_weight=a.word_weight,
-                             slot_weight=a.slot_weight, precision=a.precision, seed=a.seed)
+                             slot_weight=a.slot_weight, slot_loss=a.slot_loss, slot_q=a.slot_q, precision=a.precision, seed=a.seed)
     if a.no_slots:
         cfg.slots = {}
     elif a.slot:
@@ -350,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     slot_args.add_argument("--no-slots", action="store_true",
                            help="no slot heads: the visual words are fit on the spoken-word head's predictions")
     te.add_argument("--slot-weight", type=float, default=1.0, help="weight of the slot losses (default 1)")
+    te.add_argument("--slot-loss", choices=("mil", "soft"), default="mil",
+                    help="how a slot head learns from the words said near a clip: mil (default), one of them is right "
+                         "and the picture decides which (a clip's lines often include a neighbouring segment's); soft, "
+                         "all of them equally")
+    te.add_argument("--slot-q", type=float, default=0.5, metavar="Q",
+                    help="--slot-loss mil: how much less clips whose candidate words the picture contradicts count, "
+                         "from 0 (-log of the candidates' probability) to 1 (their probability); default 0.5, the "
+                         "generalised cross-entropy (README, Measured)")
     _precision_arg(te)
     te.add_argument("--seed", type=int, default=0)
     _runtime_args(te)

@@ -15,7 +15,10 @@ in the clip's candidate lines. These heads read the features directly, not the j
 sentence contrast pulls toward MiniLM's sentence space (where "circle" and "star" are near neighbours), and
 the visual words are fit on their predictions. Narration names a segment's noun right only about 70% of the
 time (DEMO_WORLD.md), offset by up to a second, which slows the learning of forms most: nouns are learned late,
-so they gain the most from more training (README, Measured).
+so they gain the most from more training (README, Measured). A clip's lines often include a neighbouring
+segment's, which names another shape: the slot heads learn multiple-instance style (one of the candidate words
+is right, and the picture decides which), not toward the average of the candidates, which taught every such
+clip half of the wrong noun (`slot_loss`; README, Measured).
 
 The head learns at `word_lr_mult` times the encoder's rate: it reads unit vectors, so its logits start near
 zero and need large weights to become sharp. A clip's candidate lines are those within `bag_context`
@@ -45,6 +48,8 @@ from videobert.world import NOUNS, VERBS
 
 log = logging.getLogger(__name__)
 
+SLOT_LOSSES = ("mil", "soft")
+
 
 @dataclass
 class EncoderTrainConfig:
@@ -68,6 +73,10 @@ class EncoderTrainConfig:
     # named word sets the picture should tell apart (the tag slots): one softmax each, on the encoder's features
     slots: dict = field(default_factory=lambda: {"verb": list(VERBS), "noun": list(NOUNS)})
     slot_weight: float = 1.0  # weight of the slot losses (0, or no slots, switches them off)
+    # how a slot head learns from a clip's candidate words: "mil", one of them is right (-log of their summed
+    # probability, the model picks which); "soft", all of them equally (cross-entropy to their average)
+    slot_loss: str = "mil"
+    slot_q: float = 0.5  # "mil" only: 0 is -log P of the candidates; > 0 down-weights clips the picture contradicts
     precision: str = "auto"  # the encoder's forward pass: "bf16" autocast, "fp32", or "auto" (videobert.precision)
     seed: int = 0
 
@@ -128,6 +137,26 @@ def word_loss(logits: torch.Tensor, targets: torch.Tensor, idf: torch.Tensor | N
     return -(t * logits[keep].log_softmax(dim=1)).sum(1).mean()
 
 
+def mil_word_loss(logits: torch.Tensor, targets: torch.Tensor, q: float = 0.0) -> torch.Tensor:
+    """Multiple-instance softmax loss of (B, V) logits against multi-hot (B, V) candidate words: at least one
+    candidate is right, so with P_i = sum_{w in C(i)} p_iw the loss is -log P_i. A clip's bag often holds the
+    line of a neighbouring segment (speech runs up to a second ahead of or behind the picture) whose noun is
+    another shape's; the soft target would teach half of each such clip's mass to the wrong word, where this
+    lets the picture decide between the candidates.
+
+    `q` > 0 makes it the generalised cross-entropy (1 - P_i^q) / q (Zhang and Sabuncu 2018; -log P_i as q -> 0,
+    1 - P_i at q = 1): each clip's gradient is that of -log P_i scaled by P_i^q, so clips whose candidates the
+    picture keeps contradicting (about one in five on the shapes world: every line near them names other
+    shapes) weigh less than those it agrees with, and are not memorised. Clips with no candidate are left out."""
+    keep = targets.sum(1) > 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    log_p = logits[keep].log_softmax(dim=1).masked_fill(targets[keep] <= 0, float("-inf")).logsumexp(dim=1)
+    if q == 0:
+        return -log_p.mean()
+    return ((1 - (q * log_p).exp()) / q).mean()
+
+
 def augment(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Label-preserving jitter, uint8 (B, T, H, W, 3) in and out: a random crop of 80-100% of the frame
     resized back, horizontal flips (no shapes-world verb depends on left vs right), brightness.
@@ -152,7 +181,8 @@ def augment(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def check_config(config: EncoderTrainConfig) -> None:
     """A clear ValueError for settings that cannot train: negative weights, no objective at all, a slot with
     fewer than two words or words that are not single lowercase words (narration is matched word by word), a
-    negative bag context, a learning-rate multiple or a temperature that is not positive."""
+    negative bag context, a learning-rate multiple or a temperature that is not positive, an unknown slot loss or
+    a slot_q outside [0, 1]."""
     if config.nce_weight < 0 or config.word_weight < 0 or config.slot_weight < 0:
         raise ValueError(f"loss weights must be >= 0 (nce_weight={config.nce_weight}, word_weight={config.word_weight}, "
                          f"slot_weight={config.slot_weight})")
@@ -167,6 +197,10 @@ def check_config(config: EncoderTrainConfig) -> None:
         raise ValueError(f"word_lr_mult must be > 0, not {config.word_lr_mult}")
     if config.temperature <= 0:
         raise ValueError(f"temperature must be > 0, not {config.temperature}")
+    if config.slot_loss not in SLOT_LOSSES:
+        raise ValueError(f"slot_loss must be one of {SLOT_LOSSES}, not {config.slot_loss!r}")
+    if not 0 <= config.slot_q <= 1:
+        raise ValueError(f"slot_q must be between 0 and 1, not {config.slot_q}")
 
 
 def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig = EncoderTrainConfig(),
@@ -239,7 +273,9 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
                 loss = loss + config.word_weight * word_loss(model.word_head(emb), targets, idf)
             for name, logits in model.slot_logits(feats).items():
                 targets = (positives.float() @ line_slots[name][batch_lines]).clamp_(max=1.0)  # (B, len(words))
-                loss = loss + config.slot_weight * word_loss(logits, targets)
+                slot = (mil_word_loss(logits, targets, config.slot_q) if config.slot_loss == "mil"
+                        else word_loss(logits, targets))
+                loss = loss + config.slot_weight * slot
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

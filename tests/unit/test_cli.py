@@ -76,6 +76,16 @@ def test_an_unknown_precision_is_refused_by_argparse(capsys):
     assert e.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
 
 
+def test_slot_loss_choices_are_the_trainers(capsys):
+    from videobert.train_encoder import SLOT_LOSSES
+    args = ["train", "encoder", "--data", "d", "--out", "o"]
+    assert build_parser().parse_args(args).slot_loss == "mil"
+    assert [build_parser().parse_args(args + ["--slot-loss", k]).slot_loss for k in SLOT_LOSSES] == list(SLOT_LOSSES)
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(args + ["--slot-loss", "hinge"])
+    assert e.value.code == 2 and "invalid choice: 'hinge'" in capsys.readouterr().err
+
+
 def test_slot_and_no_slots_together_are_refused(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["train", "encoder", "--data", "d", "--out", "o", "--slot", "verb=grow,shrink",
@@ -89,6 +99,8 @@ def test_encoder_slots_from_the_command_line(tiny_corpus, tmp_path):
                  "--arch-config", '{"width": 4, "feature_dim": 32}', "--slot", "verb=grow,shrink,lift,drop", "-q"])
     assert code == 0
     assert json.loads((out / "encoder.json").read_text())["slots"] == {"verb": ["grow", "shrink", "lift", "drop"]}
+    train = json.loads((out / "encoder.json").read_text())["train"]
+    assert train["slot_loss"] == "mil" and train["slot_q"] == 0.5
     code = main(["train", "encoder", "--data", str(tiny_corpus), "--out", str(out), "--epochs", "1", "--batch-size", "32",
                  "--arch-config", '{"width": 4, "feature_dim": 32}', "--no-slots", "--precision", "fp32", "-q"])
     encoder = json.loads((out / "encoder.json").read_text())

@@ -4,7 +4,8 @@ import torch
 from videobert.encoders import (REGISTRY, ClipEmbedder, Conv3DEncoder, VideoEncoder, build_encoder, crop_at,
                                 load_embedder, motion_centre, register, save_embedder)
 from videobert.reader import ClipSpec
-from videobert.train_encoder import mil_nce_loss, narration_words, word_loss, word_targets
+from videobert.train_encoder import (SLOT_LOSSES, EncoderTrainConfig, check_config, mil_nce_loss, mil_word_loss,
+                                     narration_words, word_loss, word_targets)
 
 
 def _clips(b=2, t=8, s=64):
@@ -144,6 +145,59 @@ def test_spoken_words_vocabulary_targets_and_loss():
     wrong = torch.tensor([[-5.0, 5.0, 0.0]])
     assert word_loss(right, t[:1], idf) < word_loss(wrong, t[:1], idf)
     assert word_loss(right, t[3:], idf) == 0  # nothing said: nothing to predict
+
+
+def test_mil_slot_loss_lets_the_picture_pick_among_the_candidates():
+    # a clip whose lines name "circle" (its own segment) and "star" (the neighbouring segment's)
+    cand = torch.tensor([[1.0, 0.0, 1.0, 0.0]])  # circle, square, star, ring
+    sure = torch.tensor([[8.0, -8.0, -8.0, -8.0]])  # certain it is a circle
+    torn = torch.tensor([[8.0, -8.0, 8.0, -8.0]])  # half circle, half star
+    wrong = torch.tensor([[-8.0, 8.0, -8.0, -8.0]])  # a square: neither candidate
+    # MIL: being sure of either candidate costs nothing; the soft target instead wants the mass split in two
+    assert mil_word_loss(sure, cand) < 1e-3 and mil_word_loss(torn, cand) < 1e-3
+    assert word_loss(sure, cand) > 4 > 1 > word_loss(torn, cand)
+    assert mil_word_loss(wrong, cand) > 10
+    # one candidate: the same as the cross-entropy to it
+    one = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    x = torch.randn(3, 4)
+    assert torch.allclose(mil_word_loss(x, one.expand(3, 4)), word_loss(x, one.expand(3, 4)))
+    # clips with no candidate are left out; none at all gives 0 with a gradient path
+    both = torch.cat([cand, torch.zeros(1, 4)])
+    assert torch.allclose(mil_word_loss(torch.cat([sure, wrong]), both), mil_word_loss(sure, cand))
+    x = torch.randn(2, 4, requires_grad=True)
+    loss = mil_word_loss(x, torch.zeros(2, 4))
+    loss.backward()
+    assert loss == 0 and x.grad is not None
+
+
+def test_robust_mil_slot_loss_weighs_contradicted_clips_less():
+    cand = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    sure = torch.tensor([[8.0, -8.0, -8.0, -8.0]])
+    wrong = torch.tensor([[-8.0, 8.0, -8.0, -8.0]])  # the picture says square; the lines name circle and star
+
+    def grad(logits, q):
+        x = logits.clone().requires_grad_(True)
+        mil_word_loss(x, cand, q).backward()
+        return x.grad.norm().item()
+
+    assert mil_word_loss(sure, cand, 0.5) < 1e-3  # still free when the picture agrees
+    # a contradicted clip costs at most 1/q and pulls far less than under -log P
+    assert 1.9 < mil_word_loss(wrong, cand, 0.5) <= 2.0 and mil_word_loss(wrong, cand, 0.0) > 10
+    assert grad(wrong, 0.5) < 0.01 * grad(wrong, 0.0)
+    # where the model is unsure, both pull alike (the gradient scales by P^q)
+    flat = torch.zeros(1, 4)
+    assert grad(flat, 0.5) == pytest.approx(0.5 ** 0.5 * grad(flat, 0.0), rel=1e-5)
+    x = torch.randn(5, 4)
+    assert mil_word_loss(x, cand.expand(5, 4), 1.0) == pytest.approx(
+        (1 - x.softmax(1)[:, [0, 2]].sum(1)).mean().item(), rel=1e-5)
+
+
+def test_an_unknown_slot_loss_is_a_clear_error():
+    assert SLOT_LOSSES == ("mil", "soft") and EncoderTrainConfig().slot_loss == "mil"
+    with pytest.raises(ValueError, match=r"slot_loss must be one of \('mil', 'soft'\), not 'hinge'"):
+        check_config(EncoderTrainConfig(slot_loss="hinge"))
+    with pytest.raises(ValueError, match="slot_q must be between 0 and 1, not 1.5"):
+        check_config(EncoderTrainConfig(slot_q=1.5))
 
 
 def test_motion_centre_and_fovea_crop_follow_what_changes():
