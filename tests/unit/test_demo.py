@@ -67,6 +67,15 @@ def test_a_build_of_an_older_recipe_is_refused_and_named(tmp_path):
         demo.build_demo(tmp_path, preset="quick", seed=0)
 
 
+def test_a_build_from_before_the_slot_loss_was_recorded_is_refused(tmp_path):
+    from dataclasses import asdict
+
+    before = {k: v for k, v in asdict(demo.PRESETS["quick"]).items() if k not in ("slot_loss", "slot_q")}
+    (tmp_path / "recipe.json").write_text(json.dumps({"preset": "quick", "seed": 0, "recipe": before}))
+    with pytest.raises(ValueError, match=r"older recipe \(\{'slot_loss': '\(not recorded\)', 'slot_q': '\(not recorded\)'\}"):
+        demo.build_demo(tmp_path, preset="quick", seed=0)
+
+
 def _build_in_a_new_process(out, hash_seed: str) -> None:
     """The tiny build in a fresh interpreter: nothing cached in memory, and another string-hash order."""
     import os
