@@ -380,13 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Generate a shapes-world corpus, train the encoder, fit the visual words, pretrain "
                                       "VideoBERT, and evaluate on held-out videos of another seed; writes "
                                       "model_card.json/.md. Reuses finished steps in --out unless --force; refuses an "
-                                      "--out that holds another preset or seed. quick: 400 videos, about 10 to 13 "
-                                      "minutes on 2 CPU cores with bf16 (more on a busy day); full: 1,600 videos and "
-                                      "longer training, about 42 minutes on 2 CPU cores with bf16 (far less on a GPU).")
+                                      "--out that holds another preset or seed. quick: 400 videos, about 9 to 12 "
+                                      "minutes on 2 CPU cores with bf16 (by the machine); full: 1,600 videos and "
+                                      "longer training, about 29 to 42 minutes on 2 CPU cores with bf16 (far less on a "
+                                      "GPU).")
     td.add_argument("--out", required=True, help="model directory (the corpus goes under OUT/data)")
     td.add_argument("--preset", choices=("quick", "full"), default="quick",
-                    help="quick (default; zero-shot verb / noun about 0.95 / 0.70 on held-out videos) or full "
-                         "(about 0.99 / 0.98)")
+                    help="quick (default; zero-shot verb / noun about 0.97 / 0.83 on held-out videos) or full "
+                         "(about 1.00 / 0.99)")
     td.add_argument("--seed", type=int, default=0,
                     help="corpus seed (default 0); the held-out videos use seed + 1000")
     td.add_argument("--workers", type=int, default=_workers_default())

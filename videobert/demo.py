@@ -52,8 +52,8 @@ PRESETS = {
     # and the robust multiple-instance slot loss (train_encoder.mil_word_loss) to 0.832 (seed 0, 2026-11-30,
     # 8 min 45 s on 2 CPU cores with bf16; the previous loss on the same corpus and machine: 0.664). The full
     # preset's 1,600 videos at 6 epochs (four times the distinct videos, twice the clip passes) reached
-    # 0.991 / 0.982 zero-shot verb / noun with the previous loss (seed 0, 2026-11-30), in 42 minutes on
-    # 2 CPU cores with bf16 (94 in float32). README, Measured
+    # 1.000 / 0.996 zero-shot verb / noun (seed 0, 2026-11-30), in 29 minutes on 2 CPU cores with bf16.
+    # README, Measured
     "quick": Preset(train_videos=400, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=12,
                     vocab_depth=2, vocab_branching=12, pretrain_steps=450),
     "full": Preset(train_videos=1600, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=6,
