@@ -146,7 +146,7 @@ def mil_word_loss(logits: torch.Tensor, targets: torch.Tensor, q: float = 0.0) -
 
     `q` > 0 makes it the generalised cross-entropy (1 - P_i^q) / q (Zhang and Sabuncu 2018; -log P_i as q -> 0,
     1 - P_i at q = 1): each clip's gradient is that of -log P_i scaled by P_i^q, so clips whose candidates the
-    picture keeps contradicting (about one in five on the shapes world: every line near them names other
+    picture keeps contradicting (15% of the shapes world's training windows: every line near them names other
     shapes) weigh less than those it agrees with, and are not memorised. Clips with no candidate are left out."""
     keep = targets.sum(1) > 0
     if not keep.any():
