@@ -92,14 +92,14 @@ class Tagger:
         frames = [c.frames for v, _, _ in requests for c in v.clips]
         words = self.encoder(frames)
         items, k = [], 0
-        lang = self.fusion.tagger.builder
+        lang, ctx = self.fusion.tagger.builder, self.fusion.tagger.context  # as `vbs tag` (Tagger.tag_video)
         for v, template, labels in requests:
             w = words[k:k + len(v.clips)]
             k += len(v.clips)
             lab = tuple((s, tuple(x)) for s, x in labels.items()) if labels else None
             for i, c in enumerate(v.clips):
                 ids = lang.text_ids(c.text) if c.text else None
-                items.append(FusionItem(words=tuple(w[max(0, i - 1): i + 2]), text_ids=tuple(ids) if ids else None,
+                items.append(FusionItem(words=tuple(w[max(0, i - ctx): i + ctx + 1]), text_ids=tuple(ids) if ids else None,
                                         template=template, labels=lab))
         scored = self.fusion(items)
         out, k = [], 0

@@ -422,15 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     tb.set_defaults(func=cmd_train_videobert)
 
     tg = sub.add_parser("tag", help="zero-shot tags for every 1.5 s clip of a video file or URL (JSON lines)",
-                        description="Fill a template's [MASK] slots from each clip's visual words (with its neighbours' "
-                                    "as context). One JSON object per clip: t0, t1, labels {slot: [{label, score}]}, "
+                        description="Fill a template's [MASK] slots from each clip's visual word (and its neighbours' "
+                                    "with --context). One JSON object per clip: t0, t1, labels {slot: [{label, score}]}, "
                                     "alignment (of the overlapping subtitle with the picture, or null), subtitle.")
     tg.add_argument("source", help="video file path or URL PyAV can open")
     tg.add_argument("--model", default="models/demo", help="model directory with encoder/, vocab/, videobert/ (default models/demo)")
     tg.add_argument("--template", default=None, help='default "now let me show you how to [MASK] the [MASK]"')
     tg.add_argument("--slot", action="append", metavar="NAME=w1,w2",
                     help="a label set per [MASK], in order (default verb=<8 verbs> noun=<6 nouns>); single-token words")
-    tg.add_argument("--context", type=int, default=1, help="neighbouring clips on each side used as context (default 1)")
+    tg.add_argument("--context", type=int, default=0,
+                    help="neighbouring clips on each side given with each clip as context (default 0: each clip alone; "
+                         "a neighbour from another segment misleads the tags more than one from the same segment "
+                         "helps, README, Measured)")
     tg.add_argument("--embedding", action="store_true", help="add the fused embedding to each line")
     tg.add_argument("--out", default=None, help="write JSON lines here instead of stdout")
     tg.add_argument("--device", default=None)

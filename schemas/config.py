@@ -55,7 +55,9 @@ class DecoderSettings(_Strict):
     reconnect_max_s: float = Field(default=10.0, gt=0)
     max_reconnects: int = Field(default=20, ge=0)  # consecutive failed connects of a live source before it fails
     max_frame_pixels: int = Field(default=3840 * 2160, ge=64 * 64)
-    context_clips: int = Field(default=1, ge=0, le=8)  # earlier clips of the same stream given to the fusion model
+    # earlier clips of the same stream given to the fusion model with each clip: 0 by default, since a neighbour
+    # from another segment misleads the tags more than one from the same segment helps (README, Measured)
+    context_clips: int = Field(default=0, ge=0, le=8)
 
 
 class SupervisorSettings(_Strict):

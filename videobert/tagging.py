@@ -52,7 +52,7 @@ class ModelPaths:
 
 class Tagger:
     def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu", labels: LabelSlots | None = None,
-                 context: int = 1):
+                 context: int = 0):
         paths = ModelPaths.of(model_dir)
         self.device = torch.device(device)
         self.visual = VisualTokenizer.load(paths.encoder, paths.vocab, self.device)

@@ -19,12 +19,15 @@ def heldout(media: Path) -> list[Path]:
     return sorted((media / "data" / "heldout").glob("shapes_*.mp4"))
 
 
-def offline_tags(model: Path, video: Path, context: int = 1) -> list[dict]:
+def offline_tags(model: Path, video: Path, context: int | None = None) -> list[dict]:
     """What the graph must produce for a file: the stage classes called in-process, clip by clip, with the
-    same context (the previous clip's visual word)."""
+    same context (the previous `context_clips` visual words, by default the graph's setting)."""
     from actors.stages import FusionItem, FusionStage, VideoEncoderStage
     from videobert.reader import read_video
 
+    if context is None:
+        from schemas.config import DecoderSettings
+        context = DecoderSettings().context_clips
     enc, fus = VideoEncoderStage(model), FusionStage(model)
     v = read_video(video, enc.spec)
     words = enc([c.frames for c in v.clips])
