@@ -1,6 +1,8 @@
 """Zero-shot tagging with a trained VideoBERT: fill a template's [MASK] slots, each restricted to a label
-set, given a clip's visual words (with its neighbours' for context); score how well the overlapping
-subtitle matches the picture; return a fused embedding. `vbs tag` and `vbs eval zero-shot` use this."""
+set, given a clip's visual word (and, with `context` > 0, its neighbours'; off by default: a neighbour from
+another segment misleads more than one from the same segment helps, README, Measured); score how well the
+overlapping subtitle matches the picture; return a fused embedding. `vbs tag` and `vbs eval zero-shot` use
+this."""
 
 from __future__ import annotations
 
