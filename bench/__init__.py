@@ -1,0 +1,10 @@
+"""Benchmarks and diagnostics: each a `python -m bench.NAME` command that writes its result as JSON."""
+
+import json
+from pathlib import Path
+
+
+def write_result(path: str | Path, result: dict) -> None:
+    """Write a benchmark's result as indented JSON, creating the folder (bench/results/ is not in git)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1))

@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench import write_result
 from videobert.world import NOUNS, VERBS
 
 SLOTS = {"verb": VERBS, "noun": NOUNS}
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results/bag_noise.json")
     a = ap.parse_args(argv)
     r = bag_noise(a.data, a.slot)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(r, indent=1))
+    write_result(a.out, r)
     for ctx, row in r["by_context"].items():
         print(f"context {ctx} s: {row}")
     return 0

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench import write_result
 from videobert.clipset import load_clipset
 from videobert.encoders import build_encoder, check_arch
 from videobert.reader import ClipSpec
@@ -97,8 +98,7 @@ def main(argv=None) -> int:
     cfg = EncoderTrainConfig(arch=a.arch, arch_config=json.loads(a.arch_config), clip_size=a.size, clip_fit=a.fit,
                              epochs=a.epochs, seed=a.seed)
     r = label_ceiling(a.data, a.heldout, cfg, a.device, a.workers)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(r, indent=1))
+    write_result(a.out, r)
     print(json.dumps(r))
     return 0
 

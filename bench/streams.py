@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import write_result
+
 log = logging.getLogger("bench.streams")
 
 
@@ -179,8 +181,7 @@ def main(argv=None) -> int:
         results[f"{mode}_streams"] = max(good) if good else 0
     if results.get("decode_streams"):
         results["pipeline_over_decode"] = round(results["pipeline_streams"] / results["decode_streams"], 3)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(results, indent=1))
+    write_result(a.out, results)
     print(json.dumps({k: v for k, v in results.items() if k != "steps"}))
     return 0
 

@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench import write_result
 from videobert.tagging import Tagger
 
 
@@ -56,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results/tag_context.json")
     a = ap.parse_args(argv)
     r = tag_context(a.model, a.data, tuple(int(k) for k in a.contexts.split(",")), a.device)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(r, indent=1))
+    write_result(a.out, r)
     for k, row in r["by_context"].items():
         print(f"context {k}: verb {row['verb_top1']:.3f}  noun {row['noun_top1']:.3f}  ({row['clips']} clips)")
     return 0

@@ -8,14 +8,13 @@ slows both alike; the ratio is the figure to read. Writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from bench import write_result
 from videobert.encoders import build_encoder
 from videobert.model import IGNORE, VideoBertConfig, VideoBertForPreTraining
 from videobert.precision import autocast, cpu_has_fast_bf16
@@ -98,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
               "fast_bf16_cpu": cpu_has_fast_bf16(), "rounds": a.rounds, "steps_per_round": a.steps,
               "encoder": measure(encoder_step, device, a.rounds, a.steps),
               "videobert": measure(videobert_step, device, a.rounds, a.steps)}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1))
+    write_result(a.out, result)
     for name in ("encoder", "videobert"):
         r = result[name]
         print(f"{name:10s} fp32 {r['seconds_per_step']['fp32']:.3f} s/step  bf16 {r['seconds_per_step']['bf16']:.3f} "
