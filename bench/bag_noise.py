@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from bench import write_result
+from videobert.subtitles import Cue, overlapping
 from videobert.world import NOUNS, VERBS
 
 SLOTS = {"verb": VERBS, "noun": NOUNS}
@@ -34,12 +35,13 @@ def bag_noise(data: str | Path, slot: str = "noun", contexts: tuple[float, ...] 
     for ctx in contexts:
         n = none = right = right_alone = only_wrong = candidates = 0
         for t in truths:
+            cues = [Cue(line["t0"], line["t1"], line["text"]) for line in t["narration"]]
             start = 0.0
             while start + seconds <= t["duration"] + 1e-6:
                 mid = start + seconds / 2
                 seg = next((s for s in t["segments"] if s["t0"] <= mid < s["t1"]), t["segments"][-1])
-                said = {w for line in t["narration"] if line["t1"] > start - ctx and line["t0"] < start + seconds + ctx
-                        for w in line["text"].lower().split() if w in words}
+                said = {w for c in overlapping(cues, start - ctx, start + seconds + ctx)  # the trainer's bag rule
+                        for w in c.text.lower().split() if w in words}
                 n += 1
                 if not said:
                     none += 1

@@ -88,18 +88,19 @@ class Tagger:
 
     def _tag_batch(self, requests: list[tuple]) -> list[list[dict]]:
         from actors.stages import FusionItem
+        from videobert.tagging import with_context
 
         frames = [c.frames for v, _, _ in requests for c in v.clips]
         words = self.encoder(frames)
         items, k = [], 0
-        lang, ctx = self.fusion.tagger.builder, self.fusion.tagger.context  # as `vbs tag` (Tagger.tag_video)
+        lang = self.fusion.tagger.builder
         for v, template, labels in requests:
-            w = words[k:k + len(v.clips)]
+            clip_words = with_context(words[k:k + len(v.clips)], self.fusion.tagger.context)  # as `vbs tag` does
             k += len(v.clips)
             lab = tuple((s, tuple(x)) for s, x in labels.items()) if labels else None
             for i, c in enumerate(v.clips):
                 ids = lang.text_ids(c.text) if c.text else None
-                items.append(FusionItem(words=tuple(w[max(0, i - ctx): i + ctx + 1]), text_ids=tuple(ids) if ids else None,
+                items.append(FusionItem(words=tuple(clip_words[i]), text_ids=tuple(ids) if ids else None,
                                         template=template, labels=lab))
         scored = self.fusion(items)
         out, k = [], 0

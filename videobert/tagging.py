@@ -52,6 +52,11 @@ class ModelPaths:
         return paths
 
 
+def with_context(words: list, context: int) -> list[list]:
+    """Each clip's visual word with `context` neighbours on each side (fewer at the ends): what is tagged per clip."""
+    return [words[max(0, i - context): i + context + 1] for i in range(len(words))]
+
+
 class Tagger:
     def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu", labels: LabelSlots | None = None,
                  context: int = 0):
@@ -135,8 +140,7 @@ class Tagger:
         if not v.clips:
             return []
         words = self.visual.tokens(np.stack([c.frames for c in v.clips])).tolist()
-        k = self.context
-        ctx = [words[max(0, i - k): i + k + 1] for i in range(len(words))]
+        ctx = with_context(words, self.context)
         out = []
         for s in range(0, len(ctx), batch_size):
             clips = v.clips[s:s + batch_size]

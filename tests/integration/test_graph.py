@@ -39,19 +39,6 @@ def top(row: dict, slot: str) -> str:
     return row["labels"][slot][0]["label"]
 
 
-def accuracy(rows: list[dict], truth_path: Path) -> tuple[float, float]:
-    """Top-1 verb and noun accuracy of clips that lie inside one ground-truth segment."""
-    truth = json.loads(truth_path.read_text())["segments"]
-    hits_v, hits_n, n = 0, 0, 0
-    for r in rows:
-        seg = [s for s in truth if s["t0"] <= r["t0"] and r["t1"] <= s["t1"]]
-        if seg:
-            n += 1
-            hits_v += top(r, "verb") == seg[0]["verb"]
-            hits_n += top(r, "noun") == seg[0]["noun"]
-    return hits_v / max(n, 1), hits_n / max(n, 1)
-
-
 def test_a_file_stream_is_tagged_clip_by_clip_exactly_as_offline(streams, media):
     # given a held-out video under the media root
     video = heldout(media)[0]
@@ -80,6 +67,7 @@ def test_the_demo_model_tags_live_streams_well_above_chance(ray_local, tmp_path)
     import os
 
     from actors.graph import start_graph
+    from bench.tag_context import clip_accuracy
     from tests.integration.conftest import Streams, graph_settings
 
     model = Path(os.environ.get("VBS_MODEL_DIR", "models/demo")).resolve()
@@ -94,7 +82,8 @@ def test_the_demo_model_tags_live_streams_well_above_chance(ray_local, tmp_path)
         verbs, nouns, n = 0.0, 0.0, 0
         for i, v in enumerate(videos):
             assert s.wait(f"q-{i}", {"finished", "failed"}, timeout=600)["status"] == "finished"
-            va, na = accuracy([r for _, r in s.tags(f"q-{i}")], v.with_suffix(".json"))
+            segments = json.loads(v.with_suffix(".json").read_text())["segments"]
+            va, na, _ = clip_accuracy([r for _, r in s.tags(f"q-{i}")], segments)  # as bench.tag_context scores
             verbs, nouns, n = verbs + va, nouns + na, n + 1
         result = {"verb_top1": round(verbs / n, 4), "noun_top1": round(nouns / n, 4), "videos": n,
                   "chance": {"verb": 1 / len(world.VERBS), "noun": 1 / len(world.NOUNS)}}
