@@ -60,6 +60,8 @@ def with_context(words: list, context: int) -> list[list]:
 class Tagger:
     def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu", labels: LabelSlots | None = None,
                  context: int = 0):
+        if context < 0:
+            raise ValueError(f"context is a number of neighbouring clips on each side, >= 0, not {context}")
         paths = ModelPaths.of(model_dir)
         self.device = torch.device(device)
         self.visual = VisualTokenizer.load(paths.encoder, paths.vocab, self.device)

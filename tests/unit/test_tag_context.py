@@ -30,6 +30,16 @@ def test_each_clip_is_tagged_alone_by_default():
     assert build_parser().parse_args(["tag", "x.mp4"]).context == 0
 
 
+def test_a_negative_context_is_a_clear_error(tmp_path, capsys):
+    from ops.cli import main as vbs_main
+    from videobert.tagging import Tagger
+
+    with pytest.raises(ValueError, match="context is a number of neighbouring clips on each side, >= 0, not -1"):
+        Tagger(tmp_path, context=-1)
+    assert vbs_main(["tag", str(tmp_path / "x.mp4"), "--model", str(tmp_path), "--context", "-1"]) == 2
+    assert "not -1" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_tag_context_writes_accuracy_per_context(trained_model, tmp_path):
     out = tmp_path / "ctx.json"
