@@ -73,10 +73,11 @@ def start_graph(settings: Settings, name_prefix: str | None = None, ready_timeou
                 for i in range(cfg.replicas)]
 
     g.stages["video_encoder"] = stage(VideoEncoderActor, settings.video_encoder, settings.model_dir,
-                                      settings.video_encoder, settings.device, settings.redis)
-    g.stages["language"] = stage(LanguageActor, settings.language, settings.language, settings.redis)
+                                      settings.video_encoder, settings.device, settings.redis, settings.minilm_dir)
+    g.stages["language"] = stage(LanguageActor, settings.language, settings.model_dir, settings.language,
+                                 settings.redis, settings.minilm_dir)
     g.stages["fusion"] = stage(FusionActor, settings.fusion, settings.model_dir, settings.fusion, settings.device,
-                               settings.redis)
+                               settings.redis, settings.minilm_dir)
     start = time.monotonic()
     try:
         ray.get([a.ready.remote() for v in g.stages.values() for a in v], timeout=ready_timeout)

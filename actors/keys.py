@@ -47,12 +47,20 @@ class Keys:
         return f"{self.prefix}:live:{stream_id}"
 
 
-def redis_client(url: str):
-    """A redis-py client that retries connection errors with exponential backoff (Redis restarts, blips)."""
+def redis_client(url: str, *, asyncio: bool = False):
+    """The one Redis client factory: redis-py (or redis.asyncio with `asyncio=True`) with string replies and
+    the same policy for both: connection errors and timeouts retried with exponential backoff (Redis
+    restarts, blips), connect and read timeouts, and a health check on idle connections."""
     import redis
     from redis.backoff import ExponentialBackoff
+
+    opts = dict(decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=15,
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    if asyncio:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        return aioredis.Redis.from_url(url, retry=AsyncRetry(ExponentialBackoff(cap=5, base=0.1), 8), **opts)
     from redis.retry import Retry
 
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30,
-                                health_check_interval=15, retry=Retry(ExponentialBackoff(cap=5, base=0.1), 8),
-                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    return redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=5, base=0.1), 8), **opts)

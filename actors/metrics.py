@@ -36,14 +36,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from actors.keys import Keys
+from schemas.streams import FailureReason, StreamStatus
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 STAGES = ("video_encoder", "language", "fusion")
-STATUSES = ("queued", "starting", "running", "reconnecting", "finished", "failed", "stopped")
-FINAL_STATUSES = ("finished", "failed", "stopped")
+STATUSES = tuple(s.value for s in StreamStatus)
+FINAL_STATUSES = tuple(s.value for s in StreamStatus if s.terminal)
+FAILURE_REASONS = tuple(r.value for r in FailureReason if r is not FailureReason.stopped)
 MAX_STREAMS_SCANNED = 10_000  # vbs_streams looks at the most recent ids only
 
 LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)
@@ -86,7 +88,7 @@ METRICS: tuple[MetricDef, ...] = (
               (), TAG_LATENCY_BUCKETS),
     # -- the pipeline's own counters hash (sink Lua scripts, supervisor) -------------------------------
     MetricDef("vbs_failures_total", "counter", "Failures by reason code (failed streams, refused or malformed jobs).",
-              ("reason",), source="counters", field="failures:{reason}"),
+              ("reason",), source="counters", field="failures:{reason}", values={"reason": FAILURE_REASONS}),
     MetricDef("vbs_streams_ended_total", "counter", "Streams that ended, by final status.",
               ("status",), source="counters", field="streams_{status}", values={"status": FINAL_STATUSES}),
     MetricDef("vbs_supervisor_reclaims_total", "counter",

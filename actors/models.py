@@ -13,13 +13,15 @@ from schemas.config import RedisSettings, StageSettings
 log = logging.getLogger(__name__)
 
 
-def _setup(settings: StageSettings, device: str):
+def _setup(settings: StageSettings, device: str, minilm_dir: str | None):
     import torch
 
-    from actors.stages import resolve_device
+    from videobert.device import stage_device
+    from videobert.text import use_minilm
 
+    use_minilm(minilm_dir)
     torch.set_num_threads(settings.threads)  # Ray's OMP_NUM_THREADS follows num_cpus; we decide on purpose
-    dev = resolve_device(device if settings.num_gpus > 0 or device not in ("auto",) else "cpu")
+    dev = stage_device(device, settings.num_gpus)
     log.info("stage on %s with %d torch threads (pid %d)", dev, settings.threads, os.getpid())
     return dev
 
@@ -52,10 +54,11 @@ class _Batched:
 class VideoEncoderActor(_Batched):
     name = "video_encoder"
 
-    def __init__(self, model_dir: str, settings: StageSettings, device: str = "auto", redis: RedisSettings | None = None):
+    def __init__(self, model_dir: str, settings: StageSettings, device: str = "auto", redis: RedisSettings | None = None,
+                 minilm_dir: str | None = None):
         from actors.stages import VideoEncoderStage
 
-        self._init_batcher(VideoEncoderStage(model_dir, _setup(settings, device)), settings, redis)
+        self._init_batcher(VideoEncoderStage(model_dir, _setup(settings, device, minilm_dir)), settings, redis)
 
     def clip_spec(self) -> dict:
         return self.stage.spec.to_dict()
@@ -68,11 +71,13 @@ class VideoEncoderActor(_Batched):
 class LanguageActor(_Batched):
     name = "language"
 
-    def __init__(self, settings: StageSettings, redis: RedisSettings | None = None):
+    def __init__(self, model_dir: str, settings: StageSettings, redis: RedisSettings | None = None,
+                 minilm_dir: str | None = None):
         from actors.stages import LanguageStage
+        from videobert.checkpoint import ModelPaths
 
-        _setup(settings, "cpu")
-        self._init_batcher(LanguageStage(), settings, redis)
+        _setup(settings, "cpu", minilm_dir)
+        self._init_batcher(LanguageStage(ModelPaths.of(model_dir).max_text_tokens()), settings, redis)
 
     async def encode(self, text: str) -> list[int]:
         return await self.batcher.submit(text)
@@ -81,23 +86,15 @@ class LanguageActor(_Batched):
 class FusionActor(_Batched):
     name = "fusion"
 
-    def __init__(self, model_dir: str, settings: StageSettings, device: str = "auto", redis: RedisSettings | None = None):
+    def __init__(self, model_dir: str, settings: StageSettings, device: str = "auto", redis: RedisSettings | None = None,
+                 minilm_dir: str | None = None):
         from actors.stages import FusionStage
 
-        self._init_batcher(FusionStage(model_dir, _setup(settings, device)), settings, redis)
+        self._init_batcher(FusionStage(model_dir, _setup(settings, device, minilm_dir)), settings, redis)
 
-    def check_labels(self, template: str | None, labels: dict | None) -> str | None:
-        """None if a stream's template and label sets can be used, else why not."""
-        try:
-            self.stage.label_slots(template, labels)
-        except ValueError as e:
-            return str(e)
-        return None
+    async def tag(self, item, text_ids, *words):
+        """Tag one clip (a ClipScore). `text_ids` and `words` arrive as object refs from the other stages; Ray
+        resolves them before the call, so a clip goes decoder -> encoders -> fusion without waiting in the decoder."""
+        from actors.pipeline import fusion_input
 
-    async def tag(self, item, text_ids, *words) -> dict:
-        """Tag one clip. `text_ids` and `words` arrive as object refs from the other stages; Ray resolves them
-        before the call, so a clip goes decoder -> encoders -> fusion without waiting in the decoder."""
-        from dataclasses import replace
-
-        item = replace(item, words=tuple(int(w) for w in words), text_ids=tuple(text_ids) if text_ids else None)
-        return await self.batcher.submit(item)
+        return await self.batcher.submit(fusion_input(item, words, text_ids))

@@ -12,59 +12,71 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from string import Template
 
 from actors.keys import Keys
-from schemas.streams import StreamStatus
+from schemas.state import StreamState, TagResult
+from schemas.streams import FailureReason, StreamStatus
 
 log = logging.getLogger(__name__)
 
-# KEYS: stream hash, tags stream. ARGV: token, entry id, data, t0, t1, maxlen, now, channel, latency, dropped
+# The scripts name stream-state fields (checked against StreamState by the tests) and statuses, which come from
+# StreamStatus: `$failed` and `$queued` are substituted below.
+
+# KEYS: stream hash, tags stream. ARGV: token, entry id, data, t0, t1, maxlen, now, channel
 _COMMIT = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
 local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], ARGV[2], 'data', ARGV[3])
-if type(ok) == 'table' and ok.err then return 0 end
+if type(ok) == 'table' and ok.err then
+  if string.find(ok.err, 'equal or smaller', 1, true) then return 0 end
+  return redis.error_reply(ok.err)
+end
 redis.call('HSET', KEYS[1], 'last_t0', ARGV[4], 'last_t1', ARGV[5], 'latest', ARGV[3], 'heartbeat', ARGV[7],
            'updated_at', ARGV[7])
 redis.call('HINCRBY', KEYS[1], 'clips_tagged', 1)
-if tonumber(ARGV[10]) > 0 then redis.call('HINCRBY', KEYS[1], 'clips_dropped', ARGV[10]) end
 redis.call('PUBLISH', ARGV[8], '{"event":"tag","data":' .. ARGV[3] .. '}')
 return 1
 """
 
-# KEYS: stream hash. ARGV: token, now, then field/value pairs to set. Returns the stop request or -1.
+# KEYS: stream hash. ARGV: token, now, n, then n field/value pairs to set, then field/increment pairs to add.
+# Returns the stop request, or -1 when fenced.
 _HEARTBEAT = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'heartbeat', ARGV[2])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local n = tonumber(ARGV[3])
+for i = 4, 3 + 2 * n, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 4 + 2 * n, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return tonumber(redis.call('HGET', KEYS[1], 'stop') or '0')
 """
 
-# KEYS: stream hash, dead stream, ingest stream, counters hash. ARGV: token, status, error, reason, now, group, entry id,
-# stream id, safe url, maxlen, channel
-_FINISH = """
+# KEYS: stream hash, dead stream, ingest stream, counters hash. ARGV: token, status, error, reason, now, group,
+# entry id, stream id, safe url, maxlen, channel
+_FINISH = Template("""
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'reason', ARGV[4], 'finished_at', ARGV[5],
            'updated_at', ARGV[5], 'token', '')
-if ARGV[2] == 'failed' then
+if ARGV[2] == '$failed' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'stream_id', ARGV[8], 'entry', ARGV[7], 'url', ARGV[9],
              'reason', ARGV[4], 'error', ARGV[3])
 end
 if ARGV[7] ~= '' then redis.call('XACK', KEYS[3], ARGV[6], ARGV[7]) end
 redis.call('HINCRBY', KEYS[4], 'streams_' .. ARGV[2], 1)
-if ARGV[2] == 'failed' then redis.call('HINCRBY', KEYS[4], 'failures:' .. ARGV[4], 1) end
+if ARGV[2] == '$failed' then redis.call('HINCRBY', KEYS[4], 'failures:' .. ARGV[4], 1) end
 redis.call('PUBLISH', ARGV[11], '{"event":"status","status":"' .. ARGV[2] .. '"}')
 return 1
-"""
-
+""").substitute(failed=StreamStatus.failed.value)
 
 # KEYS: stream hash. ARGV: token, now, channel. A stream let go at shutdown: queued again, owned by nobody.
-_RELEASE = """
+_RELEASE = Template("""
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'token', '', 'owner', '', 'updated_at', ARGV[2],
+redis.call('HSET', KEYS[1], 'status', '$queued', 'token', '', 'owner', '', 'updated_at', ARGV[2],
            'error', 'released at shutdown; resumes from its checkpoint when the graph runs again')
-redis.call('PUBLISH', ARGV[3], '{"event":"status","status":"queued"}')
+redis.call('PUBLISH', ARGV[3], '{"event":"status","status":"$queued"}')
 return 1
-"""
+""").substitute(queued=StreamStatus.queued.value)
+
+SCRIPTS = {"commit": _COMMIT, "heartbeat": _HEARTBEAT, "finish": _FINISH, "release": _RELEASE}
+COUNTERS = ("clips_tagged", "clips_dropped", "frames_decoded", "reconnects")  # the fields heartbeats add to
 
 
 class Fenced(Exception):
@@ -74,6 +86,10 @@ class Fenced(Exception):
 def entry_id(t0: float) -> str:
     """The tags-stream id of the clip starting at t0 seconds: '<milliseconds>-1' (ids must exceed 0-0)."""
     return f"{int(round(t0 * 1000))}-1"
+
+
+def status_event(status: StreamStatus) -> str:
+    return json.dumps({"event": "status", "status": status.value})
 
 
 @dataclass
@@ -89,41 +105,50 @@ class Sink:
         self._finish = self.redis.register_script(_FINISH)
         self._release = self.redis.register_script(_RELEASE)
 
-    def commit(self, stream_id: str, token: str, result: dict, dropped: int = 0) -> bool:
+    def commit(self, stream_id: str, token: str, result: TagResult) -> bool:
         """Write one clip's result. True if written, False if it was already there (a replay).
-        Raises Fenced if the stream has moved to another owner."""
-        data = json.dumps(result, separators=(",", ":"))
+        Raises Fenced if the stream has moved to another owner, and Redis's error if the write failed."""
+        data = result.to_json()
         r = self._commit(keys=[self.keys.stream(stream_id), self.keys.tags(stream_id)],
-                         args=[token, entry_id(result["t0"]), data, result["t0"], result["t1"], self.tags_maxlen,
-                               f"{time.time():.3f}", self.keys.live(stream_id), result.get("latency_s") or 0, dropped])
+                         args=[token, entry_id(result.t0), data, result.t0, result.t1, self.tags_maxlen,
+                               f"{time.time():.3f}", self.keys.live(stream_id)])
         if r == -1:
             raise Fenced(stream_id)
         return r == 1
 
-    def heartbeat(self, stream_id: str, token: str, **fields) -> bool:
-        """Refresh the stream's heartbeat (and set `fields`). Returns whether a stop was requested."""
-        args = [token, f"{time.time():.3f}"]
-        for k, v in fields.items():
-            args += [k, str(v)]
+    def heartbeat(self, stream_id: str, token: str, incr: dict[str, int] | None = None, **fields) -> bool:
+        """Refresh the stream's heartbeat, set `fields` (StreamState fields) and add `incr` to its counters, in
+        one step. Returns whether a stop was requested."""
+        values = StreamState.encode(**fields)
+        bad = sorted(set(incr or ()) - set(COUNTERS))
+        if bad:
+            raise ValueError(f"not counters of the stream state: {', '.join(bad)}")
+        args: list = [token, f"{time.time():.3f}", len(values)]
+        for k, v in values.items():
+            args += [k, v]
+        for k, v in (incr or {}).items():
+            args += [k, int(v)]
         r = self._heartbeat(keys=[self.keys.stream(stream_id)], args=args)
         if r == -1:
             raise Fenced(stream_id)
         return bool(r)
 
-    def set_status(self, stream_id: str, token: str, status: StreamStatus, **fields) -> bool:
-        stop = self.heartbeat(stream_id, token, status=status.value, updated_at=f"{time.time():.3f}", **fields)
-        self.redis.publish(self.keys.live(stream_id), json.dumps({"event": "status", "status": status.value}))
+    def set_status(self, stream_id: str, token: str, status: StreamStatus, incr: dict[str, int] | None = None,
+                   **fields) -> bool:
+        stop = self.heartbeat(stream_id, token, incr, status=status, updated_at=time.time(), **fields)
+        self.redis.publish(self.keys.live(stream_id), status_event(status))
         return stop
 
     def finish(self, stream_id: str, token: str, status: StreamStatus, *, entry: str = "", error: str = "",
-               reason: str = "", url: str = "") -> None:
+               reason: FailureReason | None = None, url: str = "") -> None:
         """End the stream for good: final status, dead-letter entry when it failed, and the ingest job acked,
         all at once. A stream that has moved on is left alone (Fenced)."""
         if not status.terminal:
             raise ValueError(f"finish needs a final status, not {status.value}")
         r = self._finish(keys=[self.keys.stream(stream_id), self.keys.dead, self.keys.ingest, self.keys.counters],
-                         args=[token, status.value, error[:1000], reason, f"{time.time():.3f}", self.keys.group, entry,
-                               stream_id, url, self.dead_maxlen, self.keys.live(stream_id)])
+                         args=[token, status.value, error[:1000], FailureReason(reason).value if reason else "",
+                               f"{time.time():.3f}", self.keys.group, entry, stream_id, url, self.dead_maxlen,
+                               self.keys.live(stream_id)])
         if r == -1:
             raise Fenced(stream_id)
 

@@ -21,14 +21,14 @@ import numpy as np
 
 from actors.url_policy import redact, scheme_of
 from schemas.config import DecoderSettings
+from schemas.streams import FailureReason
 from videobert import subtitles
-from videobert.reader import ClipCutter, ClipSpec
+from videobert.reader import ClipCutter, ClipSpec, DecodeCounts, demux, media_offset, text_stream
 from videobert.subtitles import Cue
 
 log = logging.getLogger(__name__)
 
 LIVE_SCHEMES = {"udp", "rtp", "srt", "rtmp", "rtmps", "rtsp", "rtsps"}
-TEXT_CODECS = ("mov_text", "subrip", "srt", "ass", "ssa", "webvtt", "text")
 # What FFmpeg may open on behalf of each scheme: an HLS playlist cannot pull in file:// or other protocols.
 _PROTOCOLS = {
     "http": "http,https,tcp,tls,crypto", "https": "http,https,tcp,tls,crypto",
@@ -42,9 +42,9 @@ class SourceError(Exception):
     """A source that cannot be read. `reason` is a short code (a metric label), `retry` whether trying
     again (a reconnect) can help; the message never holds credentials."""
 
-    def __init__(self, reason: str, message: str, retry: bool = False):
+    def __init__(self, reason: FailureReason | str, message: str, retry: bool = False):
         super().__init__(message)
-        self.reason, self.retry = reason, retry
+        self.reason, self.retry = FailureReason(reason), retry
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,7 @@ class SourceReader:
         self.started_at = started_at if started_at is not None else time.time()
         self.sidecar_cues = sidecar_cues or []
         self.live = bool(live)
-        self.frames_decoded = 0
-        self.decode_errors = 0
+        self.counts = DecodeCounts()
         self.last_progress = time.monotonic()  # the watchdog reads this
         self.width = self.height = 0
         self.subtitle_source = "none"
@@ -139,8 +138,7 @@ class SourceReader:
         with container:
             vs = container.streams.video[0]
             vs.thread_type = "AUTO"
-            text = [s for s in container.streams.subtitles if s.codec_context.name in TEXT_CODECS][:1]
-            offset = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
+            offset = media_offset(vs)
             rate = float(vs.average_rate or 25)
             if not self.live and self.resume_after is not None and self.resume_after > 0:
                 target = self.resume_after + self.stride - 1.0  # a little before: the cutter skips what is earlier
@@ -154,42 +152,44 @@ class SourceReader:
             cutter: ClipCutter | None = None
             self._wall_offset = float("inf")
             base = 0.0  # stream time minus media time (live: seconds since started_at, fixed at the first frame)
-            n = 0
+            counts = self.counts = DecodeCounts()
             try:
-                for pkt in container.demux(vs, *text):
-                    self.last_progress = time.monotonic()
-                    if pkt.stream.type == "subtitle":
-                        for cue in self._cues(pkt, offset - base):
-                            if not embedded:
-                                cues, embedded, self.subtitle_source = [], True, "embedded"
-                            cues.append(cue)
+                for item in demux(container, vs, text_stream(container), counts, on_packet=self._progress):
+                    if isinstance(item, Cue):
+                        if not embedded:
+                            cues, embedded, self.subtitle_source = [], True, "embedded"
+                        cues.append(Cue(round(item.start + base, 3), round(item.end + base, 3), item.text)
+                                    if base else item)
                         continue
-                    try:
-                        frames = pkt.decode()
-                    except av.error.FFmpegError:
-                        self.decode_errors += 1
-                        continue
-                    for frame in frames:
-                        media_t = (frame.time - offset) if frame.time is not None else n / rate
-                        n += 1
-                        self.frames_decoded += 1
-                        # wall clock minus media time, at its smallest: the frame that reached us soonest
-                        # after it was on air; clip ends are put on the wall clock with it (latency)
-                        self._wall_offset = min(self._wall_offset, time.time() - media_t)
-                        if cutter is None:
-                            if self.live:
-                                base = (time.time() - self.started_at) - media_t
-                            cutter = self._cutter(media_t + base)
-                        for index, t0, t1, arr in cutter.push(media_t + base, frame):
-                            yield self._clip(index, t0, t1, arr, cues, base)
+                    media_t, frame = item
+                    # wall clock minus media time, at its smallest: the frame that reached us soonest
+                    # after it was on air; clip ends are put on the wall clock with it (latency)
+                    self._wall_offset = min(self._wall_offset, time.time() - media_t)
+                    if cutter is None:
+                        if self.live:
+                            base = (time.time() - self.started_at) - media_t
+                        cutter = self._cutter(media_t + base)
+                    for index, t0, t1, arr in cutter.push(media_t + base, frame):
+                        yield self._clip(index, t0, t1, arr, cues, base)
                 if cutter is not None:
                     for index, t0, t1, arr in cutter.flush(1.0 / rate):
                         yield self._clip(index, t0, t1, arr, cues, base)
             except av.error.FFmpegError as e:
                 msg = str(e).replace(self.url, redact(self.url))
-                raise SourceError("read_error", f"read error after {n} frames: {msg}", retry=True) from e
-        if n == 0:
+                raise SourceError("read_error", f"read error after {counts.frames} frames: {msg}", retry=True) from e
+        if counts.frames == 0:
             raise SourceError("no_frames", "no decodable video frames", retry=self.live)
+
+    def _progress(self) -> None:
+        self.last_progress = time.monotonic()
+
+    @property
+    def frames_decoded(self) -> int:
+        return self.counts.frames
+
+    @property
+    def decode_errors(self) -> int:
+        return self.counts.errors
 
     def _cutter(self, first_t: float) -> ClipCutter:
         start = first_t if self.live else 0.0
@@ -207,19 +207,31 @@ class SourceReader:
         return StreamClip(self._k0 + index, round(t0, 3), round(t1, 3), arr,
                           subtitles.text_in_window(cues, t0, t1), end_wall)
 
-    @staticmethod
-    def _cues(pkt, shift: float) -> list[Cue]:
-        if not pkt.size or pkt.pts is None:
-            return []
-        try:
-            subs = pkt.decode()
-        except av.error.FFmpegError:
-            return []
-        out = []
-        for sub in subs:
-            text = subtitles.clean_text(getattr(sub, "dialogue", b"").decode("utf-8", "replace"))
-            if text:
-                start = float(pkt.pts * pkt.time_base) - shift
-                dur = float((pkt.duration or 0) * pkt.time_base) or 2.0
-                out.append(Cue(round(start, 3), round(start + dur, 3), text[: subtitles.MAX_CUE_CHARS]))
-        return out
+
+def sidecar_cues(subtitles_url: str, url: str, stream_id: str) -> list[Cue] | None:
+    """A stream's sidecar cues: its job's subtitles_url (already answered by the URL policy), else
+    `<file>.srt/.vtt` beside a file. None without one; subtitles are optional, so one that cannot be read is
+    logged and the stream runs without it."""
+    try:
+        if subtitles_url:
+            return subtitles.parse(_fetch_text(subtitles_url))
+        if scheme_of(url) == "file" and (p := subtitles.find_sidecar(url)) is not None:
+            return subtitles.read_sidecar(p)
+    except Exception as e:  # noqa: BLE001 - subtitles are optional: the stream runs without them
+        log.warning("stream %s: ignoring sidecar subtitles: %s", stream_id, str(e)[:200])
+    return None
+
+
+def _fetch_text(url: str, limit: int = 2_000_000) -> str:
+    """A sidecar subtitle file over HTTP(S) or from disk, at most `limit` bytes."""
+    if scheme_of(url) == "file":  # an absolute path: check_url resolved it under the media root
+        with open(url, "rb") as f:
+            data = f.read(limit + 1)
+    else:
+        import urllib.request
+
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - checked by the URL policy first
+            data = resp.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"subtitle file larger than {limit} bytes")
+    return data.decode("utf-8", "replace")

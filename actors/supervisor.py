@@ -9,19 +9,19 @@ resumes from its checkpoint; a supervisor that restarts picks its pending jobs u
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 
-from actors.decoder import Assignment
+from actors.assignment import Assignment
 from actors.keys import Keys, redis_client
 from actors.sink import Fenced, Sink
 from actors.url_policy import UrlRefused, check_url, redact
 from schemas.config import Settings
-from schemas.streams import IngestJob, JobError, StreamStatus
+from schemas.state import StreamState
+from schemas.streams import FailureReason, IngestJob, JobError, StreamStatus
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,8 @@ CONSUMER = "supervisor"
 class Held:
     """A stream this supervisor is responsible for (its job is pending in the ingest group)."""
 
-    entry: str
-    job: IngestJob
-    url: str
-    subtitles: str = ""  # the policy's answer for the job's subtitles_url (an absolute path for files)
+    a: Assignment  # its token is the current owner's ("" while no decoder has it)
     decoder: str | None = None
-    token: str = ""
     since: float = 0.0
     attempts: int = 0
 
@@ -68,6 +64,26 @@ class Supervisor:
                 raise
 
     # -- intake ------------------------------------------------------------------------------------------
+    def _admit(self, sid: str, entry: str, job: IngestJob, safe: str) -> Assignment | None:
+        """What to open for a job (`safe`: its URL redacted), checked against the URL policy, its label sets
+        checked once; None (and the stream ended as failed, its job acked) when either is refused."""
+        from videobert.labels import check
+
+        try:
+            check(job.options.label_set)
+        except ValueError as e:
+            log.warning("stream %s: bad options: %s", sid, e)
+            self._fail(sid, entry, FailureReason.bad_options, str(e), safe)
+            return None
+        try:
+            url = check_url(job.url, self.settings.url_policy)
+            subs = check_url(job.subtitles_url, self.settings.url_policy) if job.subtitles_url else ""
+        except UrlRefused as e:
+            log.warning("stream %s: refused: %s", sid, e.reason)
+            self._fail(sid, entry, e.failure, e.reason, safe)
+            return None
+        return Assignment(sid, job, entry, url, subs, safe_url=safe)
+
     def _adopt_pending(self) -> None:
         """After a (re)start: every job still pending for us is either over (ack it) or held again."""
         resp = self.redis.xreadgroup(self.keys.group, CONSUMER, {self.keys.ingest: "0"}, count=10_000)
@@ -81,21 +97,17 @@ class Supervisor:
                 except JobError:
                     self.redis.xack(self.keys.ingest, self.keys.group, entry)
                     continue
-                sid = job.stream_id or _sid(entry)
-                h = self.redis.hgetall(self.keys.stream(sid))
-                if h.get("entry") != entry or StreamStatus(h.get("status", "queued")).terminal:
+                sid = job.stream_id_for(entry)
+                st = StreamState.from_hash(sid, self.redis.hgetall(self.keys.stream(sid)))
+                if st.entry != entry or st.status.terminal:
                     self.redis.xack(self.keys.ingest, self.keys.group, entry)
                     continue
-                try:
-                    url = check_url(job.url, self.settings.url_policy)
-                    subs = check_url(job.subtitles_url, self.settings.url_policy) if job.subtitles_url else ""
-                except UrlRefused as e:
-                    self._refuse(sid, entry, job, e)
+                a = self._admit(sid, entry, job, st.url or redact(job.url))
+                if a is None:
                     continue
-                self.held[sid] = Held(entry, job, url, subtitles=subs, decoder=h.get("owner") or None,
-                                      token=h.get("token", ""),
-                                      since=time.time(), attempts=int(h.get("attempts", 0)))
-                log.info("stream %s: adopted after a restart (owner %s)", sid, h.get("owner"))
+                self.held[sid] = Held(a.handed(st.token), decoder=st.owner or None, since=time.time(),
+                                      attempts=st.attempts)
+                log.info("stream %s: adopted after a restart (owner %s)", sid, st.owner)
 
     def _read_new(self) -> None:
         room = len(self.decoders) * self.settings.decoder.max_streams - len(self.held)
@@ -114,35 +126,26 @@ class Supervisor:
             job = IngestJob.from_fields(fields)
         except JobError as e:
             log.warning("ingest %s: malformed job: %s", entry, e.reason)
-            self._dead_and_ack(entry, "malformed_job", e.reason, url=redact(fields.get("url", ""))[:500])
+            self._dead_and_ack(entry, FailureReason.malformed_job, e.reason, url=redact(fields.get("url", ""))[:500])
             return
-        sid = job.stream_id or _sid(entry)
-        key = self.keys.stream(sid)
+        sid, safe = job.stream_id_for(entry), redact(job.url)
         if sid in self.held:
-            self._dead_and_ack(entry, "duplicate_stream", f"stream {sid} is already running", url=redact(job.url),
-                               stream_id=sid)
+            self._dead_and_ack(entry, FailureReason.duplicate_stream, f"stream {sid} is already running",
+                               url=safe, stream_id=sid)
             return
         now = time.time()
+        state = StreamState(stream_id=sid, url=safe, entry=entry, created_at=now, updated_at=now,
+                            options=job.options.model_dump(mode="json", exclude_none=True))
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(key, self.keys.tags(sid))  # a stream id used again starts afresh
-        pipe.hset(key, mapping={"stream_id": sid, "status": StreamStatus.queued.value, "url": redact(job.url), "token": "",
-                                "entry": entry, "created_at": f"{now:.3f}", "updated_at": f"{now:.3f}",
-                                "attempts": 0, "stop": 0, "clips_tagged": 0, "clips_dropped": 0,
-                                "options": json.dumps(job.options.model_dump(exclude_none=True))})
+        pipe.delete(self.keys.stream(sid), self.keys.tags(sid))  # a stream id used again starts afresh
+        pipe.hset(self.keys.stream(sid), mapping=state.to_hash())
         pipe.zadd(self.keys.streams, {sid: now})
         pipe.execute()
-        try:
-            url = check_url(job.url, self.settings.url_policy)
-            subs = check_url(job.subtitles_url, self.settings.url_policy) if job.subtitles_url else ""
-        except UrlRefused as e:
-            self._refuse(sid, entry, job, e)
+        a = self._admit(sid, entry, job, safe)
+        if a is None:
             return
-        self.held[sid] = Held(entry, job, url, subtitles=subs)
+        self.held[sid] = Held(a)
         self._assign(sid)
-
-    def _refuse(self, sid: str, entry: str, job: IngestJob, e: UrlRefused) -> None:
-        log.warning("stream %s: refused: %s", sid, e.reason)
-        self._fail(sid, entry, f"refused_{e.code}", e.reason, redact(job.url))
 
     # -- assignment ------------------------------------------------------------------------------------
     def _load(self) -> dict[str, int]:
@@ -159,22 +162,20 @@ class Supervisor:
         for name in order:
             if load[name] >= self.settings.decoder.max_streams:
                 continue
-            token = uuid.uuid4().hex
-            self.redis.hset(self.keys.stream(sid), mapping={"token": token, "owner": name, "attempts": h.attempts,
-                                                            "status": StreamStatus.starting.value,
-                                                            "heartbeat": f"{time.time():.3f}"})
-            a = Assignment(sid, token, h.job, h.entry, h.url, h.subtitles)
+            a = h.a.handed(uuid.uuid4().hex)
+            self.redis.hset(self.keys.stream(sid), mapping=StreamState.encode(
+                token=a.token, owner=name, attempts=h.attempts, status=StreamStatus.starting, heartbeat=time.time()))
             try:
                 ok = self.call(self.decoders[name], "start_stream", a)
             except Exception as e:  # noqa: BLE001 - a dead decoder: try the next one
                 log.warning("decoder %s did not take stream %s: %s", name, sid, e)
                 ok = False
             if ok:
-                h.decoder, h.token, h.since = name, token, time.time()
+                h.a, h.decoder, h.since = a, name, time.time()
                 log.info("stream %s: assigned to %s (attempt %d)", sid, name, h.attempts)
                 return True
-        self.redis.hset(self.keys.stream(sid), mapping={"status": StreamStatus.queued.value, "token": "", "owner": ""})
-        h.decoder, h.token, h.since = None, "", time.time()
+        self.redis.hset(self.keys.stream(sid), mapping=StreamState.encode(status=StreamStatus.queued, token="", owner=""))
+        h.a, h.decoder, h.since = h.a.handed(""), None, time.time()
         return False
 
     def _check(self) -> None:
@@ -189,25 +190,31 @@ class Supervisor:
                 log.warning("decoder %s is not answering: %s", name, e)
                 actives[name] = None
         sids = list(self.held)
+        fields = ("status", "heartbeat", "token", "stop")
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:
-            pipe.hmget(self.keys.stream(sid), "status", "heartbeat", "token", "stop")
+            pipe.hmget(self.keys.stream(sid), *fields)
         now = time.time()
         lease = self.settings.supervisor.lease_s
-        for sid, (status, hb, token, stop) in zip(sids, pipe.execute()):
+        for sid, values in zip(sids, pipe.execute()):
             h = self.held[sid]
-            if status is None or StreamStatus(status).terminal:
+            if values[0] is None:
+                del self.held[sid]
+                continue
+            st = StreamState.from_hash(sid, {k: v for k, v in zip(fields, values) if v is not None})
+            if st.status.terminal:
                 del self.held[sid]
                 continue
             if h.decoder is None:
-                if stop == "1":
-                    self._fail(sid, h.entry, "stopped", "stopped on request", redact(h.job.url), StreamStatus.stopped)
+                if st.stop:
+                    self._fail(sid, h.a.entry, FailureReason.stopped, "stopped on request", h.a.safe_url,
+                               StreamStatus.stopped)
                 else:
                     self._assign(sid)
                 continue
             active = actives.get(h.decoder)
-            gone = active is not None and active.get(sid) != h.token and now - h.since > 3.0
-            silent = now - float(hb or 0) > lease and now - h.since > lease
+            gone = active is not None and active.get(sid) != h.a.token and now - h.since > 3.0
+            silent = now - (st.heartbeat or 0.0) > lease and now - h.since > lease
             if gone or silent:
                 why = "its decoder no longer runs it" if gone else f"no heartbeat for {lease:.0f} s"
                 self._reclaim(sid, why)
@@ -216,15 +223,15 @@ class Supervisor:
         h = self.held[sid]
         h.attempts += 1
         if h.attempts > self.settings.supervisor.max_attempts:
-            self._fail(sid, h.entry, "reclaimed_too_often", f"{why}; gave up after {h.attempts - 1} reassignments",
-                       redact(h.job.url))
+            self._fail(sid, h.a.entry, FailureReason.reclaimed_too_often,
+                       f"{why}; gave up after {h.attempts - 1} reassignments", h.a.safe_url)
             return
         log.warning("stream %s: reclaimed from %s (%s); resuming from its checkpoint", sid, h.decoder, why)
         self.redis.hincrby(self.keys.counters, "reclaims", 1)
         self._assign(sid, avoid=h.decoder)
 
     # -- endings the supervisor writes itself --------------------------------------------------------
-    def _fail(self, sid: str, entry: str, reason: str, error: str, url: str,
+    def _fail(self, sid: str, entry: str, reason: FailureReason, error: str, url: str,
               status: StreamStatus = StreamStatus.failed) -> None:
         """End a stream no decoder is running, through the sink's own ending (status, dead letter, counters,
         ack, event in one script), under the stream's current token: a decoder still holding it is fenced."""
@@ -236,11 +243,11 @@ class Supervisor:
             return
         self.held.pop(sid, None)
 
-    def _dead_and_ack(self, entry: str, reason: str, error: str, url: str = "", stream_id: str = "") -> None:
+    def _dead_and_ack(self, entry: str, reason: FailureReason, error: str, url: str = "", stream_id: str = "") -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xadd(self.keys.dead, {"entry": entry, "stream_id": stream_id, "url": url, "reason": reason, "error": error},
-                  maxlen=self.settings.redis.dead_maxlen, approximate=True)
-        pipe.hincrby(self.keys.counters, f"failures:{reason}", 1)
+        pipe.xadd(self.keys.dead, {"entry": entry, "stream_id": stream_id, "url": url, "reason": reason.value,
+                                   "error": error}, maxlen=self.settings.redis.dead_maxlen, approximate=True)
+        pipe.hincrby(self.keys.counters, f"failures:{reason.value}", 1)
         pipe.xack(self.keys.ingest, self.keys.group, entry)
         pipe.execute()
 
@@ -258,10 +265,6 @@ class Supervisor:
                 "by_decoder": self._load()}
 
 
-def _sid(entry: str) -> str:
-    return f"s{entry}"
-
-
 def _ray_call(handle, method: str, *args, timeout: float = 30):
     import ray
 
@@ -274,7 +277,10 @@ class SupervisorActor:
     def __init__(self, settings: Settings, decoder_names: list[str], namespace: str | None = None):
         import ray
 
+        from videobert.text import use_minilm
+
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        use_minilm(settings.minilm_dir)  # the label check at intake reads the tokenizer
         decoders = {n: ray.get_actor(n, namespace=namespace) for n in decoder_names}
         self.sup = Supervisor(settings, decoders)
         self._closing = threading.Event()

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from schemas.config import UrlPolicy
+from schemas.streams import FailureReason
 
 MAX_URL_LENGTH = 4096
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -30,11 +31,13 @@ _SECRET_WORDS = ("password", "passwd", "pass", "pwd", "token", "secret", "key", 
 
 
 class UrlRefused(ValueError):
-    """A URL the policy does not allow; `code` is a short machine string, `reason` a safe message."""
+    """A URL the policy does not allow; `code` is a short machine string, `reason` a safe message, `failure`
+    the stream's failure reason (FailureReason "refused_<code>")."""
 
     def __init__(self, code: str, reason: str):
         super().__init__(reason)
         self.code, self.reason = code, reason
+        self.failure = FailureReason(f"refused_{code}")  # every code has its declared reason
 
     def __str__(self) -> str:
         return self.reason

@@ -23,15 +23,16 @@ import torch.nn.functional as F
 
 from bench import write_result
 from videobert.clipset import load_clipset
+from videobert.device import pick_device
 from videobert.encoders import build_encoder, check_arch
 from videobert.reader import ClipSpec
-from videobert.train_encoder import EncoderTrainConfig, augment, default_device
+from videobert.train_encoder import EncoderTrainConfig, augment
 
 
 def label_ceiling(data: str | Path, heldout: str | Path, cfg: EncoderTrainConfig, device: str | None = None,
                   workers: int = 2, progress: bool = True) -> dict:
     check_arch(cfg.arch, cfg.arch_config)
-    dev = torch.device(device) if device else default_device()
+    dev = pick_device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     cs = load_clipset(data, cfg.spec, workers=workers, progress=progress, stride=cfg.window_stride)

@@ -33,11 +33,10 @@ log = logging.getLogger("bench.streams")
 class NullPipeline:
     """Decode only: clips are cut (frames sampled and resized) and committed without running a model."""
 
-    def check_labels(self, template, labels):
-        return None
-
     def submit(self, clip, context, item):
-        return 0, {"labels": {}, "alignment": None}
+        from videobert.tagging import ClipScore
+
+        return 0, ClipScore(labels={}, alignment=None)
 
     def result(self, handle, timeout):
         return handle
@@ -62,10 +61,13 @@ def make_source(model: Path, out: Path, seconds: int = 30) -> Path:
 def run_step(n: int, mode: str, source: Path, settings, seconds: float, warmup: float) -> dict:
     import ray
 
+    from actors import control
     from actors.decoder import DecoderActor
     from actors.graph import start_graph
     from actors.keys import Keys, redis_client
-    from tests.integration.live_sources import paced_udp_streams
+    from bench.sources import paced_udp_streams
+    from schemas.state import StreamState, TagResult
+    from schemas.streams import IngestJob
 
     prefix = f"vbsbench{uuid.uuid4().hex[:6]}"
     s = settings.model_copy(deep=True)
@@ -90,9 +92,9 @@ def run_step(n: int, mode: str, source: Path, settings, seconds: float, warmup: 
             decoders.append(sup)
         with paced_udp_streams(source, n) as senders:
             for i, snd in enumerate(senders):
-                r.xadd(keys.ingest, {"url": snd.url, "stream_id": f"b{i}"})
+                control.submit(r, keys, IngestJob(url=snd.url, stream_id=f"b{i}"))
             time.sleep(warmup)
-            start = {f"b{i}": int(r.hget(keys.stream(f"b{i}"), "clips_tagged") or 0) for i in range(n)}
+            start = {f"b{i}": control.state(r, keys, f"b{i}").clips_tagged for i in range(n)}
             t_start = time.time()
             time.sleep(seconds)
             t_end = time.time()
@@ -100,23 +102,23 @@ def run_step(n: int, mode: str, source: Path, settings, seconds: float, warmup: 
             lat, per_stream, dropped, lagging = [], [], 0, {}
             for i in range(n):
                 sid = f"b{i}"
-                h = r.hgetall(keys.stream(sid))
-                per_stream.append(int(h.get("clips_tagged") or 0) - start[sid])
+                st = StreamState.from_hash(sid, r.hgetall(keys.stream(sid)))
+                per_stream.append(st.clips_tagged - start[sid])
                 if per_stream[-1] < (t_end - t_start) / 1.5 - 1.5:  # say why a stream fell short
-                    lagging[sid] = {k: h.get(k) for k in ("status", "reason", "error", "reconnects", "clips_tagged")}
-                dropped += int(h.get("clips_dropped") or 0)
-                started = float(h.get("started_at") or 0)
+                    lagging[sid] = {k: getattr(st, k) for k in ("status", "reason", "error", "reconnects", "clips_tagged")}
+                dropped += st.clips_dropped
+                started = st.started_at or 0.0
                 for _, f in r.xrange(keys.tags(sid)):
-                    row = json.loads(f["data"])
-                    if row.get("latency_s") is None:
+                    row = TagResult.model_validate_json(f["data"])
+                    if row.latency_s is None:
                         continue
-                    written = started + row["t1"] + row["latency_s"]  # wall time the tag was written
+                    written = started + row.t1 + row.latency_s  # wall time the tag was written
                     if t_start <= written <= t_end:
-                        lat.append(row["latency_s"])
+                        lat.append(row.latency_s)
             if graph is not None:
                 stats = graph.stats()
             for i in range(n):
-                r.hset(keys.stream(f"b{i}"), "stop", 1)
+                control.request_stop(r, keys, f"b{i}")
             time.sleep(2)
         expected = (t_end - t_start) / 1.5
         lat_a = np.array(lat) if lat else np.array([np.nan])

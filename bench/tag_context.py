@@ -1,5 +1,5 @@
-"""Does the visual context of neighbouring clips help per-clip tags? Tags every held-out video of a model clip by
-clip (`Tagger.tag_video`, as `vbs tag`) with 0, 1, 2 ... neighbouring clips on each side as context, and scores
+"""Does the visual context of earlier clips help per-clip tags? Tags every held-out video of a model clip by
+clip (`Tagger.tag_video`, as `vbs tag` and the live graph) with 0, 1, 2 ... earlier clips as context, and scores
 top-1 verb and noun of the clips that lie inside one ground-truth segment (the graph's quality check scores
 the same way), averaged over videos. Writes JSON.
 
@@ -14,18 +14,19 @@ import json
 from pathlib import Path
 
 from bench import write_result
+from schemas.state import TagResult
 from videobert.tagging import Tagger
 
 
-def clip_accuracy(rows: list[dict], segments: list[dict]) -> tuple[float, float, int]:
+def clip_accuracy(rows: list[TagResult], segments: list[dict]) -> tuple[float, float, int]:
     """Top-1 verb and noun accuracy over the rows (clips) that lie inside one segment, and how many did."""
     hv = hn = n = 0
     for r in rows:
-        seg = [s for s in segments if s["t0"] <= r["t0"] and r["t1"] <= s["t1"]]
+        seg = [s for s in segments if s["t0"] <= r.t0 and r.t1 <= s["t1"]]
         if seg:
             n += 1
-            hv += r["labels"]["verb"][0]["label"] == seg[0]["verb"]
-            hn += r["labels"]["noun"][0]["label"] == seg[0]["noun"]
+            hv += r.top("verb") == seg[0]["verb"]
+            hn += r.top("noun") == seg[0]["noun"]
     return hv / max(n, 1), hn / max(n, 1), n
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="models/demo")
     ap.add_argument("--data", default=None, help="labelled videos (default MODEL/data/heldout)")
-    ap.add_argument("--contexts", default="0,1,2", help="neighbours on each side to try, comma-separated")
+    ap.add_argument("--contexts", default="0,1,2", help="earlier clips to try, comma-separated")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="bench/results/tag_context.json")
     a = ap.parse_args(argv)

@@ -15,10 +15,11 @@ import time
 import torch
 
 from bench import write_result
+from videobert.device import pick_device
 from videobert.encoders import build_encoder
 from videobert.model import IGNORE, VideoBertConfig, VideoBertForPreTraining
 from videobert.precision import autocast, cpu_has_fast_bf16
-from videobert.train_encoder import augment, default_device
+from videobert.train_encoder import augment
 
 
 def encoder_step(device: torch.device, precision: str):
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="training steps per round (default 5)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     a = ap.parse_args(argv)
-    device = torch.device(a.device) if a.device else default_device()
+    device = pick_device(a.device)
     if device.type == "cpu" and not cpu_has_fast_bf16():
         print("note: this CPU has no bf16 instructions; bf16 is emulated here and `auto` would pick fp32")
     result = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

@@ -28,10 +28,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors import control
 from deployments.tagger import Tagger
 from schemas.api import StreamAccepted, StreamRequest
 from schemas.config import Settings
-from schemas.streams import STREAM_ID, StreamStatus
+from schemas.state import StreamState, TagResult
+from schemas.streams import LabelSet, StreamStatus, valid_stream_id
 
 log = logging.getLogger(__name__)
 
@@ -72,40 +74,16 @@ async def _http_error(request: Request, e: StarletteHTTPException):
     return JSONResponse(error_body(code, str(e.detail)), status_code=e.status_code)
 
 
-def _public(h: dict) -> dict:
-    """A stream hash as the API shows it: no ownership token, numbers as numbers, the latest result parsed."""
-    out: dict[str, Any] = {}
-    for k, v in h.items():
-        if k in ("token", "stop", "owner_pid", "entry"):
-            continue
-        if k == "latest":
-            out[k] = json.loads(v) if v else None
-        elif k in ("clips_tagged", "clips_dropped", "clips_dropped_total", "frames_decoded", "reconnects", "attempts",
-                   "live"):
-            out[k] = int(v or 0)
-        elif k in ("created_at", "updated_at", "finished_at", "started_at", "heartbeat", "last_t0", "last_t1"):
-            out[k] = float(v) if v else None
-        elif k == "options":
-            out[k] = json.loads(v) if v else {}
-        else:
-            out[k] = v
-    out.setdefault("latest", None)
-    return out
-
-
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
     def __init__(self, settings: Settings, tagger, graph=None):
-        import redis.asyncio as aioredis
-
         from actors.keys import Keys, redis_client
 
         self.settings, self.tagger, self.graph = settings.model_copy(deep=True), tagger, graph
         self.keys = Keys(settings.redis.prefix)
-        self.redis = aioredis.Redis.from_url(settings.redis.url, decode_responses=True, socket_connect_timeout=5,
-                                             health_check_interval=15)
-        self.sync_redis = redis_client(settings.redis.url)  # /metrics renders in a thread
+        self.redis = redis_client(settings.redis.url, asyncio=True)
+        self.sync_redis = redis_client(settings.redis.url)  # what runs in a thread: /metrics, actors.control
         self.page = PAGE.read_text() if PAGE.is_file() else "<h1>videobert-stream</h1>"
 
     def reconfigure(self, config: dict) -> None:
@@ -126,13 +104,13 @@ class Ingress:
             raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY)",
                            headers={"WWW-Authenticate": "Bearer"})
 
-    async def _stream(self, stream_id: str) -> dict:
-        if not STREAM_ID.match(stream_id):
+    async def _stream(self, stream_id: str) -> StreamState:
+        if not valid_stream_id(stream_id):
             raise ApiError(404, "not_found", f"no stream {stream_id!r}")
         h = await self.redis.hgetall(self.keys.stream(stream_id))
         if not h:
             raise ApiError(404, "not_found", f"no stream {stream_id!r}")
-        return h
+        return StreamState.from_hash(stream_id, h)
 
     # -- streams -------------------------------------------------------------------------------------
     @api.post("/v1/streams", status_code=202, response_model=StreamAccepted)
@@ -143,9 +121,9 @@ class Ingress:
             status = await self.redis.hget(self.keys.stream(job.stream_id), "status")
             if status and not StreamStatus(status).terminal:
                 raise ApiError(409, "conflict", f"stream {job.stream_id!r} is {status}; stop it first or use another id")
-        entry = await self.redis.xadd(self.keys.ingest, job.to_fields())
-        sid = job.stream_id or f"s{entry}"
-        return StreamAccepted(stream_id=sid, entry=entry, status="queued",
+        done = await asyncio.to_thread(control.submit, self.sync_redis, self.keys, job)
+        sid = done.stream_id
+        return StreamAccepted(stream_id=sid, entry=done.entry, status=StreamStatus.queued.value,
                               links={"self": f"/v1/streams/{sid}", "tags": f"/v1/streams/{sid}/tags",
                                      "events": f"/v1/streams/{sid}/events"})
 
@@ -162,9 +140,9 @@ class Ingress:
         pipe = self.redis.pipeline(transaction=False)
         for sid in ids:
             pipe.hgetall(self.keys.stream(sid))
-        rows = [_public({"stream_id": sid, **h}) for sid, h in zip(ids, await pipe.execute()) if h]
+        rows = [StreamState.from_hash(sid, h).public() for sid, h in zip(ids, await pipe.execute()) if h]
         for r in rows:
-            r.pop("latest", None)
+            r.pop("latest")
         if status is not None:
             rows = [r for r in rows if r.get("status") == status.value]
             total = len(rows)
@@ -174,15 +152,17 @@ class Ingress:
     @api.get("/v1/streams/{stream_id}")
     async def get_stream(self, stream_id: str, request: Request):
         self._auth(request)
-        return _public({"stream_id": stream_id, **await self._stream(stream_id)})
+        return (await self._stream(stream_id)).public()
 
     @api.delete("/v1/streams/{stream_id}", status_code=202)
     async def stop_stream(self, stream_id: str, request: Request):
         self._auth(request)
-        h = await self._stream(stream_id)
-        if StreamStatus(h["status"]).terminal:
-            return JSONResponse({"stream_id": stream_id, "status": h["status"]}, status_code=200)
-        await self.redis.hset(self.keys.stream(stream_id), "stop", 1)
+        await self._stream(stream_id)  # 404 for an id that is not a stream
+        st = await asyncio.to_thread(control.request_stop, self.sync_redis, self.keys, stream_id)
+        if st is None:
+            raise ApiError(404, "not_found", f"no stream {stream_id!r}")
+        if st.status.terminal:
+            return JSONResponse({"stream_id": stream_id, "status": st.status.value}, status_code=200)
         return {"stream_id": stream_id, "status": "stopping"}
 
     @api.get("/v1/streams/{stream_id}/tags")
@@ -195,20 +175,19 @@ class Ingress:
         limit = min(limit, self.settings.api.page_limit)
         start = f"({entry_id(since)}" if since is not None else "-"
         entries = await self.redis.xrange(self.keys.tags(stream_id), min=start, count=limit)
-        tags = [{"id": eid, **json.loads(f["data"])} for eid, f in entries]
+        tags = [{"id": eid, **TagResult.model_validate_json(f["data"]).to_dict()} for eid, f in entries]
         return {"stream_id": stream_id, "tags": tags, "next_since": tags[-1]["t0"] if tags else since}
 
     @api.get("/v1/streams/{stream_id}/events")
     async def events(self, stream_id: str, request: Request):
         self._auth(request)
-        h = await self._stream(stream_id)
+        first = (await self._stream(stream_id)).public()
         channel = self.keys.live(stream_id)
 
         async def feed():
             pubsub = self.redis.pubsub()
             await pubsub.subscribe(channel)
             try:
-                first = _public({"stream_id": stream_id, **h})
                 yield f"event: status\ndata: {json.dumps({'status': first['status'], 'stream': first})}\n\n"
                 if first.get("latest"):
                     yield f"event: tag\ndata: {json.dumps(first['latest'])}\n\n"
@@ -248,16 +227,11 @@ class Ingress:
                 raise ApiError(413, "too_large", f"upload exceeds the limit of {limit} bytes")
         if not body:
             raise ApiError(422, "empty_body", "send the video clip as the request body")
-        slots = None
-        if labels:
-            try:
-                slots = json.loads(labels)
-                from schemas.streams import StreamOptions
-
-                StreamOptions(labels=slots)
-            except (ValueError, TypeError) as e:
-                raise ApiError(422, "bad_labels", f"labels must be a JSON object of slot -> words: {e}"[:400]) from e
-        result = await self.tagger.tag.remote(bytes(body), template, slots, self.settings.api.max_upload_seconds)
+        try:
+            label_set = LabelSet.of(template, json.loads(labels) if labels else None)
+        except (ValueError, TypeError) as e:  # not JSON, not slot -> words, or no fit with the template
+            raise ApiError(422, "bad_labels", f"labels must be a JSON object of slot -> words: {e}"[:400]) from e
+        result = await self.tagger.tag.remote(bytes(body), label_set, self.settings.api.max_upload_seconds)
         if "error" in result:
             err = result["error"]
             raise ApiError(err["status"], err["code"], err["message"])
@@ -312,7 +286,7 @@ def build_app(settings: Settings, with_graph: bool = False):
         autoscaling_config={"min_replicas": t.min_replicas, "max_replicas": t.max_replicas,
                             "target_ongoing_requests": t.target_ongoing_requests},
         ray_actor_options={"num_cpus": t.num_cpus, "num_gpus": t.num_gpus},
-    ).bind(settings.model_dir, t, settings.device)
+    ).bind(settings.model_dir, t, settings.device, settings.decoder.context_clips, settings.minilm_dir)
     api = settings.api
     live = {"keys": list(api.keys), "auth_health": api.auth_health, "auth_metrics": api.auth_metrics}
     quiet = settings.model_copy(deep=True)

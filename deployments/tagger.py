@@ -26,24 +26,41 @@ class UploadError(ValueError):
 
 @serve.deployment(name="tagger")
 class Tagger:
-    def __init__(self, model_dir: str, settings: TaggerSettings, device: str = "auto"):
+    def __init__(self, model_dir: str, settings: TaggerSettings, device: str = "auto", context_clips: int = 0,
+                 minilm_dir: str | None = None):
         import torch
 
-        from actors.stages import FusionStage, VideoEncoderStage, resolve_device
+        from actors.stages import FusionStage, VideoEncoderStage
+        from videobert.device import stage_device
+        from videobert.text import use_minilm
 
+        use_minilm(minilm_dir)
         torch.set_num_threads(settings.threads)
-        dev = resolve_device(device if settings.num_gpus > 0 or device != "auto" else "cpu")
+        dev = stage_device(device, settings.num_gpus)
         self.encoder = VideoEncoderStage(model_dir, dev)
         self.fusion = FusionStage(model_dir, dev)
+        self.context = context_clips  # as the graph's decoders give the fusion model (DecoderSettings.context_clips)
         self.tag_clips.set_max_batch_size(settings.max_batch_size)
         self.tag_clips.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self.batch_sizes: list[int] = []
 
-    def check_health(self) -> None:  # Serve's health check: the model is loaded
-        if self.encoder is None or self.fusion is None:
-            raise RuntimeError("model not loaded")
+    def _probe(self) -> None:
+        """A blank clip through the encoder and the fusion model: raises if the model cannot tag."""
+        import numpy as np
+
+        from actors.stages import FusionItem
+
+        spec = self.encoder.spec
+        word = self.encoder([np.zeros((spec.frames, spec.size, spec.size, 3), np.uint8)])[0]
+        (score,) = self.fusion([FusionItem(words=(word,))])
+        if not score.labels:
+            raise RuntimeError("the model tagged a blank clip with no labels")
+
+    def check_health(self) -> None:  # Serve's health check: the model still tags
+        self._probe()
 
     def ready(self) -> dict:
+        self._probe()
         return {"model": True, "clip": self.encoder.spec.to_dict()}
 
     def _decode(self, data: bytes, max_seconds: float):
@@ -67,18 +84,21 @@ class Tagger:
                                            f"{self.encoder.spec.seconds} s clip")
         return v
 
-    async def tag(self, data: bytes, template: str | None, labels: dict | None, max_seconds: float) -> dict:
-        """Tags of every clip of an upload, or {"error": {"code", "message", "status"}} when it cannot be
-        tagged (errors are data: they cross the deployment boundary as they are)."""
+    async def tag(self, data: bytes, labels, max_seconds: float) -> dict:
+        """Tags of every clip of an upload (`labels`: a LabelSet, or None for the model's default), or
+        {"error": {"code", "message", "status"}} when it cannot be tagged (errors are data: they cross the
+        deployment boundary as they are)."""
+        from videobert.labels import check
+
         try:
             try:
-                self.fusion.label_slots(template, labels)
+                check(labels, self.fusion.tagger.labels)
             except ValueError as e:
                 raise UploadError("bad_labels", str(e)) from e
             v = await asyncio.to_thread(self._decode, data, max_seconds)
         except UploadError as e:
             return {"error": {"code": e.code, "message": str(e), "status": e.status}}
-        rows = await self.tag_clips((v, template, labels))
+        rows = await self.tag_clips((v, labels))
         return {"clips": rows, "duration": round(v.duration, 3), "subtitles": v.subtitle_source}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
@@ -88,25 +108,22 @@ class Tagger:
 
     def _tag_batch(self, requests: list[tuple]) -> list[list[dict]]:
         from actors.stages import FusionItem
-        from videobert.tagging import with_context
+        from videobert.tagging import tag_result, with_context
 
-        frames = [c.frames for v, _, _ in requests for c in v.clips]
+        frames = [c.frames for v, _ in requests for c in v.clips]
         words = self.encoder(frames)
         items, k = [], 0
-        lang = self.fusion.tagger.builder
-        for v, template, labels in requests:
-            clip_words = with_context(words[k:k + len(v.clips)], self.fusion.tagger.context)  # as `vbs tag` does
+        builder = self.fusion.tagger.builder
+        for v, labels in requests:
+            clip_words = with_context(words[k:k + len(v.clips)], self.context)  # as the graph and `vbs tag` do
             k += len(v.clips)
-            lab = tuple((s, tuple(x)) for s, x in labels.items()) if labels else None
             for i, c in enumerate(v.clips):
-                ids = lang.text_ids(c.text) if c.text else None
-                items.append(FusionItem(words=tuple(clip_words[i]), text_ids=tuple(ids) if ids else None,
-                                        template=template, labels=lab))
+                ids = builder.text_ids(c.text) if c.text else None
+                items.append(FusionItem(words=tuple(clip_words[i]), text_ids=tuple(ids) if ids else None, labels=labels))
         scored = self.fusion(items)
         out, k = [], 0
-        for v, _, _ in requests:
-            out.append([{"t0": c.t0, "t1": c.t1, "labels": r["labels"], "alignment": r["alignment"],
-                         "subtitle": c.text} for c, r in zip(v.clips, scored[k:k + len(v.clips)])])
+        for v, _ in requests:
+            out.append([tag_result(c.t0, c.t1, c.text, r).to_dict() for c, r in zip(v.clips, scored[k:k + len(v.clips)])])
             k += len(v.clips)
         return out
 

@@ -147,21 +147,21 @@ def _parse_slots(specs: list[str]) -> dict[str, list[str]]:
 
 
 def _labels(a: argparse.Namespace):
-    from videobert.tagging import LabelSlots
+    from pydantic import ValidationError
 
-    labels = LabelSlots()
-    if a.template:
-        labels.template = a.template
-    if a.slot:
-        labels.slots = _parse_slots(a.slot)
-    return labels
+    from schemas.streams import LabelSet
+
+    try:
+        return LabelSet.of(a.template, _parse_slots(a.slot) if a.slot else None)
+    except ValidationError as e:
+        raise ValueError(f"--template/--slot: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def cmd_tag(a: argparse.Namespace) -> int:
+    from videobert.device import pick_device
     from videobert.tagging import Tagger, write_jsonl
-    from videobert.train_encoder import default_device
 
-    tagger = Tagger(a.model, device=a.device or str(default_device()), labels=_labels(a), context=a.context)
+    tagger = Tagger(a.model, device=pick_device(a.device), labels=_labels(a), context=a.context)
     rows = tagger.tag_video(a.source, with_embedding=a.embedding)
     if a.out:
         with open(a.out, "w") as fh:
@@ -172,10 +172,11 @@ def cmd_tag(a: argparse.Namespace) -> int:
 
 
 def cmd_eval_zero_shot(a: argparse.Namespace) -> int:
-    from videobert.tagging import Tagger, evaluate_held_out, format_zero_shot
-    from videobert.train_encoder import default_device
+    from videobert.device import pick_device
+    from videobert.evaluate import evaluate_held_out, format_zero_shot
+    from videobert.tagging import Tagger
 
-    tagger = Tagger(a.model, device=a.device or str(default_device()))
+    tagger = Tagger(a.model, device=pick_device(a.device))
     r = evaluate_held_out(tagger, a.data, progress=not a.quiet)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
@@ -185,12 +186,12 @@ def cmd_eval_zero_shot(a: argparse.Namespace) -> int:
 
 
 def cmd_finetune(a: argparse.Namespace) -> int:
+    from videobert.device import pick_device
     from videobert.finetune import FinetuneConfig, compare
-    from videobert.train_encoder import default_device
 
     cfg = FinetuneConfig(task=a.task, budget=a.budget, epochs=a.epochs, seed=a.seed)
     eval_data = a.eval_data or str(Path(a.model) / "data" / "heldout")
-    r = compare(a.model, a.data, eval_data, cfg, device=a.device or str(default_device()), progress=not a.quiet)
+    r = compare(a.model, a.data, eval_data, cfg, device=pick_device(a.device), progress=not a.quiet)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(r, indent=1))
@@ -212,50 +213,59 @@ def cmd_train_demo(a: argparse.Namespace) -> int:
 def cmd_up(a: argparse.Namespace) -> int:
     from ops import up
 
-    return up.run(a, dict(os.environ))
+    return up.run(a)
 
 
 def cmd_push(a: argparse.Namespace) -> int:
     from ops import up
 
-    return up.push(a, dict(os.environ))
+    return up.push(a)
 
 
 def _redis_for(a: argparse.Namespace):
     from actors.keys import Keys, redis_client
     from schemas.config import Settings
 
-    s = Settings.load(a.config, redis_url=a.redis_url, env=dict(os.environ))
+    s = Settings.load(a.config, redis_url=a.redis_url)
     return redis_client(s.redis.url), Keys(s.redis.prefix)
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    from actors import control
+
     r, keys = _redis_for(a)
     ids = [a.id] if a.id else r.zrevrange(keys.streams, 0, a.limit - 1)
-    if a.id and not r.exists(keys.stream(a.id)):
-        raise FileNotFoundError(f"no stream {a.id!r}")
     for sid in ids:
-        h = r.hgetall(keys.stream(sid))
-        h.pop("token", None)
+        st = control.state(r, keys, sid)
+        if st is None:
+            if a.id:
+                raise FileNotFoundError(f"no stream {a.id!r}")
+            continue
+        row = st.public()
         if not a.latest:
-            h.pop("latest", None)
-        print(json.dumps({"stream_id": sid, **h}))
+            row.pop("latest")
+        print(json.dumps(row))
     return 0
 
 
 def cmd_stop(a: argparse.Namespace) -> int:
+    from actors import control
+
     r, keys = _redis_for(a)
-    if not r.exists(keys.stream(a.id)):
+    st = control.request_stop(r, keys, a.id)
+    if st is None:
         raise FileNotFoundError(f"no stream {a.id!r}")
-    r.hset(keys.stream(a.id), "stop", 1)
-    print(f"stop requested for {a.id}; it ends within a heartbeat")
+    if st.status.terminal:
+        print(f"{a.id} has already ended ({st.status.value})")
+    else:
+        print(f"stop requested for {a.id}; it ends within a heartbeat")
     return 0
 
 
 def _precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="the forward pass in bf16 autocast or fp32; auto (default): bf16 on a GPU that has it and on a "
-                        "CPU with bf16 instructions (AMX or AVX512-BF16: about twice as fast there), else fp32")
+                        "CPU with bf16 instructions (AMX or AVX512-BF16, where it is much faster), else fp32")
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -357,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--slot-q", type=float, default=0.5, metavar="Q",
                     help="--slot-loss mil: how much less clips whose candidate words the picture contradicts count, "
                          "from 0 (-log of the candidates' probability) to 1 (their probability); default 0.5, the "
-                         "generalised cross-entropy (README, Measured)")
+                         "generalised cross-entropy")
     _precision_arg(te)
     te.add_argument("--seed", type=int, default=0)
     _runtime_args(te)
@@ -380,14 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Generate a shapes-world corpus, train the encoder, fit the visual words, pretrain "
                                       "VideoBERT, and evaluate on held-out videos of another seed; writes "
                                       "model_card.json/.md. Reuses finished steps in --out unless --force; refuses an "
-                                      "--out that holds another preset or seed. quick: 400 videos, about 9 to 12 "
-                                      "minutes on 2 CPU cores with bf16 (by the machine); full: 1,600 videos and "
-                                      "longer training, about 29 to 42 minutes on 2 CPU cores with bf16 (far less on a "
-                                      "GPU).")
+                                      "--out that holds another preset or seed. quick: 400 videos, the default model; "
+                                      "full: 1,600 videos and longer training, for the best model. What each reaches "
+                                      "and how long it takes on which CPU: the README's figures.")
     td.add_argument("--out", required=True, help="model directory (the corpus goes under OUT/data)")
     td.add_argument("--preset", choices=("quick", "full"), default="quick",
-                    help="quick (default; zero-shot verb / noun about 0.97 / 0.83 on held-out videos) or full "
-                         "(about 1.00 / 0.99)")
+                    help="quick (default: the model the main command builds) or full (more videos and steps)")
     td.add_argument("--seed", type=int, default=0,
                     help="corpus seed (default 0); the held-out videos use seed + 1000")
     td.add_argument("--workers", type=int, default=_workers_default())
@@ -422,18 +430,18 @@ def build_parser() -> argparse.ArgumentParser:
     tb.set_defaults(func=cmd_train_videobert)
 
     tg = sub.add_parser("tag", help="zero-shot tags for every 1.5 s clip of a video file or URL (JSON lines)",
-                        description="Fill a template's [MASK] slots from each clip's visual word (and its neighbours' "
-                                    "with --context). One JSON object per clip: t0, t1, labels {slot: [{label, score}]}, "
-                                    "alignment (of the overlapping subtitle with the picture, or null), subtitle.")
+                        description="Fill a template's [MASK] slots from each clip's visual word (and the words of "
+                                    "the clips before it with --context, as the live graph does). One JSON object per "
+                                    "clip: t0, t1, labels {slot: [{label, score}]}, alignment (of the overlapping "
+                                    "subtitle with the picture, or null), subtitle.")
     tg.add_argument("source", help="video file path or URL PyAV can open")
     tg.add_argument("--model", default="models/demo", help="model directory with encoder/, vocab/, videobert/ (default models/demo)")
     tg.add_argument("--template", default=None, help='default "now let me show you how to [MASK] the [MASK]"')
     tg.add_argument("--slot", action="append", metavar="NAME=w1,w2",
                     help="a label set per [MASK], in order (default verb=<8 verbs> noun=<6 nouns>); single-token words")
     tg.add_argument("--context", type=int, default=0,
-                    help="neighbouring clips on each side given with each clip as context (default 0: each clip alone; "
-                         "a neighbour from another segment misleads the tags more than one from the same segment "
-                         "helps, README, Measured)")
+                    help="earlier clips given with each clip as context, as `context_clips` in the graph (default 0: "
+                         "each clip alone)")
     tg.add_argument("--embedding", action="store_true", help="add the fused embedding to each line")
     tg.add_argument("--out", default=None, help="write JSON lines here instead of stdout")
     tg.add_argument("--device", default=None)
@@ -545,11 +553,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+MODEL_COMMANDS = {cmd_train_encoder, cmd_eval_encoder, cmd_train_videobert, cmd_tag, cmd_eval_zero_shot, cmd_finetune,
+                  cmd_train_demo}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        if args.func in MODEL_COMMANDS:  # they load the MiniLM: from VBS_MINILM_DIR when the settings say so
+            from schemas.config import minilm_dir_from
+            from videobert.text import use_minilm
+
+            use_minilm(minilm_dir_from())
         return args.func(args)
     except (FileNotFoundError, ValueError) as e:
         print(f"vbs: error: {e}", file=sys.stderr)

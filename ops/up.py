@@ -15,12 +15,15 @@ import threading
 import time
 from pathlib import Path
 
-from actors.keys import redis_client
+from actors import control
+from actors.keys import Keys, redis_client
 from schemas.config import DEFAULT_REDIS, Settings
+from schemas.streams import IngestJob, JobError
 
 log = logging.getLogger("vbs.up")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.toml"
+DEMO_ID = "demo"
 
 
 def _free_port() -> int:
@@ -67,11 +70,12 @@ class LocalRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def resolve_redis(explicit: str | None, settings: Settings, env: dict) -> tuple[str, LocalRedis | None]:
-    """--redis-url, else REDIS_URL (or the config file), else 127.0.0.1:6379 if it answers, else our own."""
+def resolve_redis(explicit: str | None, settings: Settings) -> tuple[str, LocalRedis | None]:
+    """--redis-url, else REDIS_URL or the config file's (Settings.load), else 127.0.0.1:6379 if it answers,
+    else our own."""
     if explicit:
         return explicit, None
-    if env.get("REDIS_URL") or settings.redis.url != DEFAULT_REDIS:
+    if settings.redis.url != DEFAULT_REDIS:
         return settings.redis.url, None
     if _reachable(DEFAULT_REDIS):
         return DEFAULT_REDIS, None
@@ -79,17 +83,17 @@ def resolve_redis(explicit: str | None, settings: Settings, env: dict) -> tuple[
     return local.url, local
 
 
-def run(args, env: dict) -> int:
+def run(args) -> int:
     import ray
 
     from actors.graph import start_graph
     from actors.url_policy import redact
 
     config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    settings = Settings.load(config, model_dir=args.model, env=env)
-    url, local = resolve_redis(args.redis_url, settings, env)
+    settings = Settings.load(config, model_dir=args.model)
+    url, local = resolve_redis(args.redis_url, settings)
     settings.redis.url = url
-    from videobert.tagging import ModelPaths
+    from videobert.checkpoint import ModelPaths
 
     ModelPaths.of(settings.model_dir)  # a clear error now rather than in every actor
     stop = threading.Event()
@@ -100,32 +104,21 @@ def run(args, env: dict) -> int:
         ctx = ray.init(address=args.address, namespace="vbs", include_dashboard=False, log_to_driver=args.verbose,
                        configure_logging=False, **({} if args.address else {"num_cpus": args.num_cpus}))
         graph = start_graph(settings)
-        keys = graph.settings.redis.prefix
+        keys = Keys(settings.redis.prefix)
         port = args.port or settings.api.port
         start_service(settings, port)
         page = f"http://{settings.api.host}:{port}/"
         print(f"vbs up: streaming graph running ({len(graph.decoders)} decoder(s); model {settings.model_dir})", flush=True)
         print(f"  redis:   {redact(url)}{' (started for this session)' if local else ''}", flush=True)
         print(f"  ray:     {getattr(ctx, 'address_info', {}).get('address') or args.address or 'local'}", flush=True)
-        print(f"  ingest:  redis-cli -u {redact(url)} XADD {keys}:ingest '*' url <URL>   (or: vbs push URL)", flush=True)
-        print(f"  tags:    {keys}:tags:<id> (stream), {keys}:stream:<id> (status), pub/sub {keys}:live:<id>", flush=True)
+        print(f"  ingest:  redis-cli -u {redact(url)} XADD {keys.ingest} '*' url <URL>   (or: vbs push URL)", flush=True)
+        print(f"  tags:    {keys.tags('<id>')} (stream), {keys.stream('<id>')} (status), pub/sub {keys.live('<id>')}",
+              flush=True)
         print(f"  http:    {page}  (live page; API under /v1, OpenAPI at /docs, metrics at /metrics)", flush=True)
         if args.demo:
             demo = DemoStream(Path(settings.model_dir), args.demo_port)
             demo.start()
-            r = redis_client(url)
-            status, old_url = r.hmget(f"{keys}:stream:demo", "status", "url")
-            if status not in (None, "finished", "failed", "stopped") and old_url != demo.url:
-                r.hset(f"{keys}:stream:demo", "stop", 1)  # an earlier demo on another port: end it first
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline and status not in ("finished", "failed", "stopped"):
-                    time.sleep(0.2)
-                    status = r.hget(f"{keys}:stream:demo", "status")
-            if status in (None, "finished", "failed", "stopped"):
-                r.xadd(f"{keys}:ingest", {"url": demo.url, "stream_id": "demo"})
-                how = "queued"
-            else:  # left queued by an earlier Ctrl-C: it resumes on the same port
-                how = "resumed"
+            how = demo.push(redis_client(url), keys)
             print(f"  demo:    live stream 'demo' {how} ({demo.url}, looping {demo.video.name}); watch it at {page}",
                   flush=True)
         print("  Ctrl-C stops; running streams resume on the next start", flush=True)
@@ -183,6 +176,21 @@ class DemoStream:
              "-force_key_frames", "expr:gte(t,n_forced*1)", "-f", "mpegts", f"{self.url}?pkt_size=1316"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
+    def push(self, r, keys: Keys) -> str:
+        """Queue the demo as stream 'demo' ("queued"), unless one left queued by an earlier Ctrl-C resumes on the
+        same port ("resumed"); a demo still running on another port is stopped first."""
+        st = control.state(r, keys, DEMO_ID)
+        if st is not None and not st.status.terminal and st.url != self.url:
+            control.request_stop(r, keys, DEMO_ID)  # an earlier demo on another port: end it first
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and st is not None and not st.status.terminal:
+                time.sleep(0.2)
+                st = control.state(r, keys, DEMO_ID)
+        if st is None or st.status.terminal:
+            control.submit(r, keys, IngestJob(url=self.url, stream_id=DEMO_ID))
+            return "queued"
+        return "resumed"
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -192,13 +200,10 @@ class DemoStream:
                 self.proc.kill()
 
 
-def push(args, env: dict) -> int:
+def push(args) -> int:
     import json
 
-    from actors.keys import Keys
-    from schemas.streams import IngestJob, JobError
-
-    settings = Settings.load(args.config, redis_url=args.redis_url, env=env)
+    settings = Settings.load(args.config, redis_url=args.redis_url)
     fields = {"url": args.url}
     if args.id:
         fields["stream_id"] = args.id
@@ -210,7 +215,6 @@ def push(args, env: dict) -> int:
         job = IngestJob.from_fields(fields)
     except JobError as e:
         raise ValueError(f"not a valid job: {e.reason}") from e
-    r = redis_client(settings.redis.url)
-    entry = r.xadd(Keys(settings.redis.prefix).ingest, job.to_fields())
-    print(json.dumps({"entry": entry, "stream_id": job.stream_id or f"s{entry}"}))
+    done = control.submit(redis_client(settings.redis.url), Keys(settings.redis.prefix), job)
+    print(json.dumps({"entry": done.entry, "stream_id": done.stream_id}))
     return 0

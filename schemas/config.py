@@ -1,7 +1,8 @@
 """The one configuration object of the service, validated once at start-up and passed down explicitly.
 
-Read from a TOML file (`vbs up --config FILE`, see ops/config.toml); command-line flags and REDIS_URL
-override it in `Settings.load`, the only place that reads the environment."""
+Read from a TOML file (`vbs up --config FILE`, see ops/config.toml); command-line flags, REDIS_URL and
+VBS_MINILM_DIR override it in `Settings.load`. This module is the only place that reads the environment:
+`minilm_dir_from` serves the commands that need no Settings (training, `vbs tag`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+MINILM_ENV = "VBS_MINILM_DIR"  # a copy of the MiniLM files elsewhere (a machine without the package)
+MAX_FRAME_PIXELS = 3840 * 2160  # frames larger than 4K are refused, not decoded (streams and files alike)
 
 
 class _Strict(BaseModel):
@@ -54,9 +57,9 @@ class DecoderSettings(_Strict):
     reconnect_initial_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=10.0, gt=0)
     max_reconnects: int = Field(default=20, ge=0)  # consecutive failed connects of a live source before it fails
-    max_frame_pixels: int = Field(default=3840 * 2160, ge=64 * 64)
-    # earlier clips of the same stream given to the fusion model with each clip: 0 by default, since a neighbour
-    # from another segment misleads the tags more than one from the same segment helps (README, Measured)
+    max_frame_pixels: int = Field(default=MAX_FRAME_PIXELS, ge=64 * 64)
+    # earlier clips of the same stream given to the fusion model with each clip (the uploads of POST /v1/tag and
+    # `vbs tag --context` use the same meaning); 0: each clip alone
     context_clips: int = Field(default=0, ge=0, le=8)
 
 
@@ -96,6 +99,7 @@ class TaggerSettings(_Strict):
 class Settings(_Strict):
     redis: RedisSettings = RedisSettings()
     model_dir: str = "models/demo"
+    minilm_dir: str | None = None  # a copy of the MiniLM files to load instead of the installed package's
     device: str = "auto"  # auto: cuda when the stage has a GPU, else cpu
     url_policy: UrlPolicy = UrlPolicy()
     decoder: DecoderSettings = DecoderSettings()
@@ -128,6 +132,8 @@ class Settings(_Strict):
             raise ValueError(f"{where}: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
         if env.get("REDIS_URL") and "url" not in data.get("redis", {}):
             s.redis.url = env["REDIS_URL"]
+        if env.get(MINILM_ENV) and "minilm_dir" not in data:
+            s.minilm_dir = env[MINILM_ENV]
         if redis_url:
             s.redis.url = redis_url
         if s.url_policy.media_root:  # absolute now: actors and replicas may run in another directory
@@ -136,3 +142,8 @@ class Settings(_Strict):
             s.model_dir = model_dir
         s.model_dir = str(Path(s.model_dir).expanduser().resolve())
         return s
+
+
+def minilm_dir_from(env: dict[str, str] | None = None) -> str | None:
+    """VBS_MINILM_DIR, for the commands that run without the service's settings."""
+    return (os.environ if env is None else env).get(MINILM_ENV) or None

@@ -1,18 +1,26 @@
-"""What crosses Redis for the streaming graph: ingest jobs, per-stream options, stream statuses and the
-per-clip tag result. Pydantic models, validated at the boundary; no torch, no Ray."""
+"""What crosses Redis for the streaming graph on the way in: ingest jobs, per-stream options with their label
+sets, and the closed vocabularies of statuses, failure reasons and back-pressure policies. Pydantic models,
+validated at the boundary; no torch, no Ray. What the graph writes back is in schemas/state.py."""
 
 from __future__ import annotations
 
 import json
 import re
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # use fullmatch: `$` would let "cam-1\n" through
 MAX_URL = 4096
+MAX_SLOTS = 8
 MAX_LABELS = 64
+MASK = "[MASK]"
+
+
+def valid_stream_id(sid: str) -> bool:
+    return isinstance(sid, str) and STREAM_ID.fullmatch(sid) is not None
 
 
 class JobError(ValueError):
@@ -34,7 +42,118 @@ class StreamStatus(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in (StreamStatus.finished, StreamStatus.failed, StreamStatus.stopped)
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({StreamStatus.finished, StreamStatus.failed, StreamStatus.stopped})
+
+
+class FailureReason(StrEnum):
+    """Why a stream ended without finishing, or why its job was refused: the `reason` of the stream's status and
+    of its dead letter, and the label of `vbs_failures_total`. Every code any part of the graph records is here."""
+
+    # the job itself
+    malformed_job = "malformed_job"
+    duplicate_stream = "duplicate_stream"
+    bad_options = "bad_options"
+    # refused by the URL policy (actors/url_policy.py: "refused_" + UrlRefused.code)
+    refused_bad_url = "refused_bad_url"
+    refused_scheme = "refused_scheme"
+    refused_file_outside_root = "refused_file_outside_root"
+    refused_file_missing = "refused_file_missing"
+    refused_loopback_address = "refused_loopback_address"
+    refused_private_address = "refused_private_address"
+    refused_blocked_address = "refused_blocked_address"
+    refused_unresolvable = "refused_unresolvable"
+    # the source (actors/source.py)
+    not_found = "not_found"
+    forbidden = "forbidden"
+    timeout = "timeout"
+    connection_refused = "connection_refused"
+    open_failed = "open_failed"
+    invalid_data = "invalid_data"
+    no_video = "no_video"
+    frame_too_large = "frame_too_large"
+    read_error = "read_error"
+    no_frames = "no_frames"
+    stalled = "stalled"
+    # the graph
+    stage_error = "stage_error"
+    reclaimed_too_often = "reclaimed_too_often"
+    internal = "internal"
+    # not a failure: the reason recorded with status `stopped`
+    stopped = "stopped"
+
+
+class BackPressure(StrEnum):
+    """What a stream does when the model stages fall behind and `max_in_flight` clips are waiting."""
+
+    drop_oldest = "drop_oldest"  # drop the oldest waiting clip (counted in clips_dropped): live sources
+    wait = "wait"  # stop reading until there is room: files and VOD, which lose nothing
+
+
+class LabelSet(BaseModel):
+    """What a stream is tagged with: a template with one [MASK] per slot, and the words each slot may take.
+    Frozen and hashable: the fusion stage groups a batch by it. `None` for either part means the model's
+    default; `over(default)` fills it in. Whether each word is a single WordPiece token needs the tokenizer:
+    videobert.labels.label_ids checks that, once, where a stream or a request comes in."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    template: str | None = Field(default=None, min_length=1, max_length=512)
+    slots: tuple[tuple[str, tuple[str, ...]], ...] | None = None  # ((slot, (word, ...)), ...) in template order
+
+    @field_validator("slots")
+    @classmethod
+    def _slots(cls, v):
+        if v is None:
+            return v
+        if not 1 <= len(v) <= MAX_SLOTS:
+            raise ValueError(f"labels must name 1 to {MAX_SLOTS} slots")
+        names = [name for name, _ in v]
+        if len(set(names)) != len(names):
+            raise ValueError("labels name a slot twice")
+        for slot, words in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", slot):
+                raise ValueError(f"slot name {slot!r} must be a short identifier")
+            if not 1 <= len(words) <= MAX_LABELS or not all(isinstance(w, str) and 0 < len(w) <= 32 for w in words):
+                raise ValueError(f"slot {slot!r} needs 1 to {MAX_LABELS} words of at most 32 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _one_mask_per_slot(self) -> "LabelSet":
+        if self.template is not None and self.slots is not None:
+            self.check_masks()
+        return self
+
+    def check_masks(self) -> None:
+        masks = (self.template or "").count(MASK)
+        if masks != len(self.slots or ()):
+            raise ValueError(f"template has {masks} [MASK] slot(s) but {len(self.slots or ())} label set(s) were given")
+
+    @classmethod
+    def of(cls, template: str | None = None, labels: dict[str, list[str]] | None = None) -> "LabelSet | None":
+        """From a template and a {slot: [words]} mapping (either may be None); None when both are."""
+        if template is None and labels is None:
+            return None
+        if labels is not None and (not isinstance(labels, dict)
+                                   or not all(isinstance(v, (list, tuple)) for v in labels.values())):
+            raise TypeError("labels must map each slot name to a list of words")
+        return cls(template=template, slots=tuple((k, tuple(v)) for k, v in labels.items()) if labels is not None else None)
+
+    def over(self, default: "LabelSet") -> "LabelSet":
+        """This set with its missing parts taken from `default` (a complete set); checked again as a whole."""
+        full = LabelSet(template=self.template if self.template is not None else default.template,
+                        slots=self.slots if self.slots is not None else default.slots)
+        full.check_masks()
+        return full
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.slots or ())
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {name: list(words) for name, words in self.slots or ()}
 
 
 class StreamOptions(BaseModel):
@@ -46,20 +165,36 @@ class StreamOptions(BaseModel):
     labels: dict[str, list[str]] | None = None  # slot -> single-WordPiece words
     clip_rate: float | None = Field(default=None, gt=0, le=4)  # clips started per second (default: back to back)
     live: bool | None = None  # None: decided from the source (network streams without a duration are live)
+    backpressure: BackPressure | None = None  # None: drop_oldest for live sources, wait for files
 
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
-        if v is None:
-            return v
-        if not v or len(v) > 8:
-            raise ValueError("labels must name 1 to 8 slots")
-        for slot, words in v.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", slot):
-                raise ValueError(f"slot name {slot!r} must be a short identifier")
-            if not 1 <= len(words) <= MAX_LABELS or not all(isinstance(w, str) and 0 < len(w) <= 32 for w in words):
-                raise ValueError(f"slot {slot!r} needs 1 to {MAX_LABELS} words of at most 32 characters")
+        if v is not None:
+            _label_set_or_error(None, v)
         return v
+
+    @model_validator(mode="after")
+    def _masks(self) -> "StreamOptions":
+        if self.template is not None and self.labels is not None:
+            _label_set_or_error(self.template, self.labels)
+        return self
+
+    @cached_property
+    def label_set(self) -> LabelSet | None:
+        """The stream's template and label sets as one value (None: the model's defaults)."""
+        return LabelSet.of(self.template, self.labels)
+
+    def policy(self, live: bool) -> BackPressure:
+        return self.backpressure or (BackPressure.drop_oldest if live else BackPressure.wait)
+
+
+def _label_set_or_error(template: str | None, labels: dict[str, list[str]] | None) -> LabelSet | None:
+    """LabelSet.of, its validation error as the one plain reason a field validator reports."""
+    try:
+        return LabelSet.of(template, labels)
+    except ValidationError as e:
+        raise ValueError(e.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
 class IngestJob(BaseModel):
@@ -75,7 +210,7 @@ class IngestJob(BaseModel):
     @field_validator("stream_id")
     @classmethod
     def _stream_id(cls, v: str | None) -> str | None:
-        if v is not None and not STREAM_ID.match(v):
+        if v is not None and not valid_stream_id(v):
             raise ValueError("stream_id must be 1-64 characters of letters, digits, '.', '_' or '-', "
                              "starting with a letter or digit")
         return v
@@ -105,10 +240,14 @@ class IngestJob(BaseModel):
             out["stream_id"] = self.stream_id
         if self.subtitles_url:
             out["subtitles_url"] = self.subtitles_url
-        opts = self.options.model_dump(exclude_none=True)
+        opts = self.options.model_dump(mode="json", exclude_none=True)
         if opts:
             out["options"] = json.dumps(opts)
         return out
+
+    def stream_id_for(self, entry: str) -> str:
+        """The stream's id: the job's own, else one derived from its ingest entry id."""
+        return self.stream_id or f"s{entry}"
 
 
 def describe(e: ValidationError) -> str:
@@ -118,15 +257,3 @@ def describe(e: ValidationError) -> str:
         where = ".".join(str(x) for x in err["loc"]) or "job"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)[:500]
-
-
-class TagResult(BaseModel):
-    """One tagged clip: the object `vbs tag` prints, as the sink writes it (field `data` of vbs:tags:{id})."""
-
-    t0: float
-    t1: float
-    labels: dict[str, list[dict[str, Any]]]
-    alignment: float | None
-    subtitle: str
-    embedding: list[float] | None = None
-    latency_s: float | None = None  # live sources: clip end (wall time it arrived) -> tag written

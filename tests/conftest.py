@@ -82,3 +82,8 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def is_share_of(x: float, n: int) -> bool:
+    """Whether `x` (rounded to 4 places) is k / n for a whole k: a figure really counted over n items."""
+    return n > 0 and abs(x * n - round(x * n)) <= 1e-4 * n + 1e-9 and 0 <= round(x * n) <= n

@@ -18,11 +18,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from videobert.corpus import make_corpus
-from videobert.evaluate import evaluate_encoder
+from videobert.device import pick_device
+from videobert.evaluate import evaluate_encoder, evaluate_held_out
 from videobert.kmeans import KMeansConfig
+from videobert.labels import DEFAULT_TEMPLATE
 from videobert.pretrain import PretrainConfig, pretrain
-from videobert.tagging import Tagger, evaluate_held_out
-from videobert.train_encoder import EncoderTrainConfig, default_device, train_encoder
+from videobert.tagging import Tagger
+from videobert.train_encoder import EncoderTrainConfig, train_encoder
 from videobert.visual_words import fit_vocab
 
 log = logging.getLogger(__name__)
@@ -46,14 +48,9 @@ class Preset:
 
 
 PRESETS = {
-    # many short videos beat few long ones: each video brings a new background and new scenes. Verbs are
-    # learned early; nouns (forms) late, from narration that names them right about 70% of the time: with
-    # slot heads, 12 epochs over the quick corpus instead of 6 took zero-shot nouns from 0.455 to about 0.7-0.8,
-    # and the robust multiple-instance slot loss (train_encoder.mil_word_loss) to 0.832 (seed 0, 2026-11-30,
-    # 8 min 45 s on 2 CPU cores with bf16; the previous loss on the same corpus and machine: 0.664). The full
-    # preset's 1,600 videos at 6 epochs (four times the distinct videos, twice the clip passes) reached
-    # 1.000 / 0.996 zero-shot verb / noun (seed 0, 2026-11-30), in 29 minutes on 2 CPU cores with bf16.
-    # README, Measured
+    # quick: what the main command builds; full: four times the distinct videos for the best model. Many short
+    # videos beat few long ones (each brings a new background and new scenes). What each reaches, and how
+    # long it takes on which CPU, is in the README's figures, measured by `vbs train demo` itself.
     "quick": Preset(train_videos=400, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=12,
                     vocab_depth=2, vocab_branching=12, pretrain_steps=450),
     "full": Preset(train_videos=1600, heldout_videos=20, min_seconds=10, max_seconds=30, encoder_epochs=6,
@@ -69,7 +66,7 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     claim(out, {"preset": preset, "seed": seed, "recipe": asdict(p)})
-    dev = device or str(default_device())
+    dev = str(pick_device(device))
     train_dir, held_dir = out / "data" / "train", out / "data" / "heldout"
     enc_dir, vocab_dir = out / "encoder", out / "vocab"
     timings: dict[str, float] = {}
@@ -165,15 +162,18 @@ def model_card_markdown(card: dict) -> str:
         lines.append(f"| untrained | {u['r_at_1']:.2f} | {u['r_at_5']:.2f} | {u.get('semantic_r_at_1', float('nan')):.2f} | "
                      f"{u['purity_verb']:.2f} | {u['purity_noun']:.2f} | | | | |")
     zs = card["heldout_zero_shot"]
+    slots = zs.get("slots", ["verb", "noun"])
+    chance = zs["chance"] if isinstance(zs.get("chance"), dict) else {}  # older records: the alignment's 0.5
     zs_lines = ["## Zero-shot tagging (held-out, video only)", "",
-                "| | verb | noun | both |", "|---|---|---|---|",
-                f"| top-1 | {zs['verb_top1']:.3f} | {zs['noun_top1']:.3f} | {zs['both_top1']:.3f} |",
-                f"| top-3 | {zs['verb_top3']:.3f} | {zs['noun_top3']:.3f} | |",
-                "| chance top-1 | 0.125 | 0.167 | 0.021 |", "",
+                "| | " + " | ".join(slots) + " | both |", "|---|" + "---|" * (len(slots) + 1),
+                "| top-1 | " + " | ".join(f"{zs[f'{s}_top1']:.3f}" for s in slots) + f" | {zs['both_top1']:.3f} |",
+                "| top-3 | " + " | ".join(f"{zs[f'{s}_top3']:.3f}" for s in slots) + " | |",
+                "| chance top-1 | " + " | ".join(f"{chance.get(f'{s}_top1', float('nan')):.3f}" for s in slots)
+                + f" | {chance.get('both_top1', float('nan')):.3f} |", "",
                 f"Alignment of narration with the picture (held-out, ROC AUC): {zs.get('alignment_auc', float('nan')):.3f} "
                 f"over {zs.get('pairs', 0)} lines (chance 0.5).", "",
                 f"{zs['n_segments']} segments of {card['heldout_encoder_eval']['data']}; template "
-                "\"now let me show you how to [MASK] the [MASK]\", slots restricted to the 8 verbs and 6 nouns.", ""]
+                f"\"{DEFAULT_TEMPLATE}\", each slot restricted to its label set.", ""]
     lines += [f"| chance / majority | {t['chance_r_at_1']:.2f} | {t['chance_r_at_5']:.2f} | | "
               f"{ev.get('majority_verb', float('nan')):.2f} | {ev.get('majority_noun', float('nan')):.2f} | | | | |", "",
               f"Retrieval ranks the right clip for a narration line among {t['n']} held-out clips. Visual words: "

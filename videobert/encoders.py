@@ -76,7 +76,7 @@ def _block(cin: int, cout: int, kernel, stride, padding) -> nn.Sequential:
 class Conv3DEncoder(VideoEncoder):
     """Five 3D conv blocks (a spatial-only stem, then 3x3x3), global average pool, linear.
 
-    At 8 x 64 x 64 input: ~0.1 GFLOP per clip; training on 2 CPU cores: ~200 clips/s in float32, ~300 in bf16."""
+    Small on purpose: it trains on a CPU in minutes (its training speed per CPU: docs/MEASURED.md)."""
 
     def __init__(self, width: int = 16, feature_dim: int = 256, motion: bool = True, attention: bool = True):
         super().__init__()
@@ -323,5 +323,7 @@ def load_embedder(directory: str | Path, device: str | torch.device = "cpu") -> 
     meta = json.loads(meta_path.read_text())
     model = ClipEmbedder(build_encoder(meta["arch"], **meta["config"]), meta["text_dim"], meta.get("spoken_words"),
                          meta.get("slots"))
-    model.load_state_dict(load_file(str(weights)))
+    from videobert.checkpoint import load_strict
+
+    load_strict(model, load_file(str(weights)), weights)
     return model.to(device).eval(), ClipSpec.from_dict(meta["clip"]), meta

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from videobert.model import VideoBertConfig, VideoBertForPreTraining
 from videobert.sequences import Example, SequenceBuilder, collate
-from videobert.tagging import ModelPaths, segment_words
+from videobert.checkpoint import ModelPaths
+from videobert.evaluate import segment_words
 from videobert.text import load_tokenizer
 from videobert.visual_words import VisualTokenizer
 

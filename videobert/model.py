@@ -95,13 +95,12 @@ class VideoBertForPreTraining(nn.Module):
         from transformers import BertModel
         from transformers.utils import logging as hf_logging
 
-        from videobert.text import _offline, minilm_path
+        from videobert.text import minilm_path
 
-        _offline()
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # MiniLM's unused pooler weights are expected, not news
         try:
-            base = BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False)
+            base = BertModel.from_pretrained(str(minilm_path()), add_pooling_layer=False, local_files_only=True)
         finally:
             hf_logging.set_verbosity(verbosity)
         if base.config.hidden_size != config.hidden_size or base.config.num_hidden_layers < config.num_layers:
@@ -207,7 +206,8 @@ class VideoBertForPreTraining(nn.Module):
         cfg_path, weights = directory / "config.json", directory / "model.safetensors"
         if not cfg_path.is_file() or not weights.is_file():
             raise FileNotFoundError(f"{directory} is not a VideoBERT checkpoint (needs config.json and model.safetensors)")
+        from videobert.checkpoint import load_strict
+
         model = cls(VideoBertConfig(**json.loads(cfg_path.read_text())["videobert"]))
-        state = load_file(str(weights))
-        model.load_state_dict(state, strict=False)
+        load_strict(model, load_file(str(weights)), weights)
         return model.to(device).eval()

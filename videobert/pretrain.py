@@ -18,8 +18,8 @@ from videobert.clipset import ClipSet, load_clipset
 from videobert.model import IGNORE, VideoBertConfig, VideoBertForPreTraining
 from videobert.precision import autocast, resolve as resolve_precision
 from videobert.sequences import Example, SequenceBuilder, collate
-from videobert.text import load_tokenizer
-from videobert.train_encoder import default_device
+from videobert.device import pick_device
+from videobert.text import MAX_TEXT_TOKENS, load_tokenizer
 from videobert.visual_words import VisualTokenizer
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class PretrainConfig:
     negative_prob: float = 0.5  # cross-modal sequences whose video is swapped for an alignment negative
     text_mask_prob: float = 0.15
     video_mask_prob: float = 0.15
-    max_text_tokens: int = 24
+    max_text_tokens: int = MAX_TEXT_TOKENS
     max_video_tokens: int = 6
     video_run: tuple = (3, 8)  # lengths of video-only sequences (consecutive clips)
     pair_context_s: float = 0.5  # a line is paired with the clips overlapping it, widened by this much
@@ -111,7 +111,7 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
              cfg: PretrainConfig = PretrainConfig(), device: str | torch.device | None = None, workers: int = 1,
              progress: bool = True, restart: bool = False, init: str = "minilm") -> dict:
     """Pretrain on every video under `data`. Resumes from `out` when it holds an unfinished run."""
-    device = torch.device(device) if device else default_device()
+    device = pick_device(device)
     amp = resolve_precision(cfg.precision, device)  # a bad setting fails here, before reading videos
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 import numpy as np
 
+from schemas.config import MAX_FRAME_PIXELS
 from schemas.world import GroundTruth, Segment
 from videobert import subtitles
 from videobert.subtitles import Cue
@@ -24,7 +25,7 @@ from videobert.subtitles import Cue
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".ts", ".m4v", ".flv")
-MAX_PIXELS = 8192 * 4320  # a frame larger than 8K is refused, not decoded
+TEXT_CODECS = ("mov_text", "subrip", "srt", "ass", "ssa", "webvtt", "text")  # subtitle streams read as text
 
 
 class VideoReadError(Exception):
@@ -45,7 +46,7 @@ class ClipSpec:
     `fit` says how a frame that is not square becomes square. "stretch" (the default) scales each axis on
     its own (a circle in a 16:9 video becomes an ellipse); "pad" scales the frame to fit and fills the rest
     with black, so every form keeps its shape whatever the aspect ratio, at the price of fewer pixels
-    along the long side. At 64 px the shapes world's nouns came out better stretched (README, Measured)."""
+    along the long side (which suits the shapes world better: docs/MEASURED.md)."""
 
     seconds: float = 1.5
     frames: int = 8
@@ -179,21 +180,62 @@ class ClipCutter:
         return out
 
 
-def _embedded_cues(packets: list, offset: float) -> list[Cue]:
-    cues = []
-    for pkt in packets:
-        try:
-            subs = pkt.decode()
-        except av.error.FFmpegError:
-            continue
-        for sub in subs:
-            text = subtitles.clean_text(getattr(sub, "dialogue", b"").decode("utf-8", "replace"))
-            if not text or pkt.pts is None:
-                continue
+def text_stream(container):
+    """The container's first text subtitle stream (the narration), or None."""
+    return next((st for st in container.streams.subtitles if st.codec_context.name in TEXT_CODECS), None)
+
+
+def media_offset(vs) -> float:
+    """Seconds of the video stream's first timestamp: media time counts from it."""
+    return float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
+
+
+def packet_cues(pkt, offset: float) -> list[Cue]:
+    """The cues of one subtitle packet, in media time (seconds after `offset`); none for an empty packet."""
+    if not pkt.size or pkt.pts is None:
+        return []
+    try:
+        subs = pkt.decode()
+    except av.error.FFmpegError:
+        return []
+    out = []
+    for sub in subs:
+        text = subtitles.clean_text(getattr(sub, "dialogue", b"").decode("utf-8", "replace"))
+        if text:
             start = float(pkt.pts * pkt.time_base) - offset
             dur = float((pkt.duration or 0) * pkt.time_base) or 2.0
-            cues.append(Cue(round(start, 3), round(start + dur, 3), text[: subtitles.MAX_CUE_CHARS]))
-    return sorted(cues, key=lambda c: c.start)
+            out.append(Cue(round(start, 3), round(start + dur, 3), text[: subtitles.MAX_CUE_CHARS]))
+    return out
+
+
+@dataclass
+class DecodeCounts:
+    frames: int = 0  # decoded video frames
+    errors: int = 0  # packets that failed to decode (skipped)
+
+
+def demux(container, vs, text, counts: DecodeCounts, on_packet: Callable[[], None] | None = None
+          ) -> Iterator[tuple[float, av.VideoFrame] | Cue]:
+    """The one demux/decode loop of every reader: (media time, frame) for each decoded video frame, in
+    decode order, and each cue of the text stream `text` (or None) as it comes. A packet that fails to
+    decode is counted and skipped; an error of the container itself (av.error.FFmpegError) is raised."""
+    offset = media_offset(vs)
+    rate = float(vs.average_rate or 25)
+    for pkt in container.demux(vs, *([text] if text is not None else [])):
+        if on_packet is not None:
+            on_packet()
+        if pkt.stream.type == "subtitle":
+            yield from packet_cues(pkt, offset)
+            continue
+        try:
+            frames = pkt.decode()
+        except av.error.FFmpegError:
+            counts.errors += 1
+            continue
+        for frame in frames:
+            t = (frame.time - offset) if frame.time is not None else counts.frames / rate
+            counts.frames += 1
+            yield t, frame
 
 
 def load_truth(video: str | Path) -> GroundTruth | None:
@@ -209,7 +251,7 @@ def load_truth(video: str | Path) -> GroundTruth | None:
 
 def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
                windows: list[tuple[float, float]] | None = None, with_text: bool = True,
-               stride: float | None = None) -> VideoClips:
+               stride: float | None = None, max_pixels: int = MAX_FRAME_PIXELS) -> VideoClips:
     """Decode one video into clips: the given windows, or windows of spec.seconds every `stride` seconds
     (default: back to back)."""
     path = Path(path)
@@ -222,40 +264,31 @@ def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
         if not container.streams.video:
             raise VideoReadError(path, "no video stream")
         vs = container.streams.video[0]
-        if vs.codec_context.width * vs.codec_context.height > MAX_PIXELS:
-            raise VideoReadError(path, f"frame too large: {vs.codec_context.width}x{vs.codec_context.height}")
+        width, height = vs.codec_context.width, vs.codec_context.height
+        if width * height > max_pixels:
+            raise VideoReadError(path, f"frame too large: {width}x{height}")
         vs.thread_type = "AUTO"
-        text_streams = [s for s in container.streams.subtitles if s.codec_context.name in ("mov_text", "subrip", "srt", "ass", "ssa", "webvtt", "text")]
-        offset = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
         rate = float(vs.average_rate or 25)
         cutter = ClipCutter(spec, windows, stride)
         raw: list[tuple[int, float, float, np.ndarray]] = []
-        sub_packets: list = []
-        errors, n_frames, last_t = 0, 0, 0.0
+        cues: list[Cue] = []
+        counts, last_t = DecodeCounts(), 0.0
         try:
-            for pkt in container.demux(vs, *text_streams[:1]):
-                if pkt.stream.type == "subtitle":
-                    if pkt.size:
-                        sub_packets.append(pkt)
+            for item in demux(container, vs, text_stream(container) if with_text else None, counts):
+                if isinstance(item, Cue):
+                    cues.append(item)
                     continue
-                try:
-                    frames = pkt.decode()
-                except av.error.FFmpegError:
-                    errors += 1
-                    continue
-                for frame in frames:
-                    t = (frame.time - offset) if frame.time is not None else n_frames / rate
-                    n_frames += 1
-                    last_t = max(last_t, t)
-                    raw.extend(cutter.push(t, frame))
+                t, frame = item
+                last_t = max(last_t, t)
+                raw.extend(cutter.push(t, frame))
         except av.error.FFmpegError as e:
-            errors += 1
-            log.warning("%s: stopped reading after %d frames: %s", path, n_frames, e)
+            counts.errors += 1
+            log.warning("%s: stopped reading after %d frames: %s", path, counts.frames, e)
         raw.extend(cutter.flush(1.0 / rate))
         width, height = vs.codec_context.width, vs.codec_context.height
-        cues = _embedded_cues(sub_packets, offset) if with_text else []
-    if n_frames == 0:
+    if counts.frames == 0:
         raise VideoReadError(path, "no decodable video frames")
+    cues.sort(key=lambda c: c.start)
     source = "embedded" if cues else "none"
     if with_text and not cues and (sidecar := subtitles.find_sidecar(path)) is not None:
         try:
@@ -265,7 +298,7 @@ def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
     clips = [Clip(i, round(t0, 3), round(t1, 3), frames, subtitles.text_in_window(cues, t0, t1),
                   truth.segment_at((t0 + t1) / 2) if truth else None)
              for i, t0, t1, frames in sorted(raw, key=lambda r: r[0])]
-    return VideoClips(str(path), clips, cues, source, truth, last_t + 1.0 / rate, errors, width, height)
+    return VideoClips(str(path), clips, cues, source, truth, last_t + 1.0 / rate, counts.errors, width, height)
 
 
 def list_videos(directory: str | Path) -> list[Path]:

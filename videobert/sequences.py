@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from videobert.model import IGNORE, VideoBertConfig
+from videobert.text import MAX_TEXT_TOKENS, text_ids
 
 
 @dataclass
@@ -29,13 +30,13 @@ class Example:
 
 
 class SequenceBuilder:
-    def __init__(self, tokenizer, config: VideoBertConfig, max_text_tokens: int = 24):
+    def __init__(self, tokenizer, config: VideoBertConfig, max_text_tokens: int = MAX_TEXT_TOKENS):
         self.tok, self.cfg, self.max_text = tokenizer, config, max_text_tokens
         self.cls, self.sep, self.mask = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
         self.weight: dict[int, float] = {}  # masking weight per text token (see fit_grounding)
 
     def text_ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False, truncation=True, max_length=self.max_text)["input_ids"]
+        return text_ids([text], self.max_text, self.tok)[0]
 
     def fit_grounding(self, pairs: list[tuple[list[int], list[int]]], floor: float = 0.05) -> None:
         """Masking weights from (text ids, visual words) pairs: floor + I(token present; visual word) / H(token

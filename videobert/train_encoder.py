@@ -15,15 +15,15 @@ in the clip's candidate lines. These heads read the features directly, not the j
 sentence contrast pulls toward MiniLM's sentence space (where "circle" and "star" are near neighbours), and
 the visual words are fit on their predictions. Narration names a segment's noun right only about 70% of the
 time (DEMO_WORLD.md), offset by up to a second, which slows the learning of forms most: nouns are learned late,
-so they gain the most from more training (README, Measured). A clip's lines often include a neighbouring
+so they gain the most from more training. A clip's lines often include a neighbouring
 segment's, which names another shape: the slot heads learn multiple-instance style (one of the candidate words
 is right, and the picture decides which), not toward the average of the candidates, which taught every such
-clip half of the wrong noun (`slot_loss`; README, Measured).
+clip half of the wrong noun (`slot_loss`).
 
 The head learns at `word_lr_mult` times the encoder's rate: it reads unit vectors, so its logits start near
 zero and need large weights to become sharp. A clip's candidate lines are those within `bag_context`
 seconds of it: wider bags catch more of the speech that runs ahead of or behind the picture, and more lines
-of the neighbouring segments. Both settings were measured on the quick corpus (README, Measured)."""
+of the neighbouring segments. What each setting does to the figures is in docs/MEASURED.md."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from videobert.clipset import BAG_CONTEXT_S, ClipSet, load_clipset
+from videobert.device import pick_device
 from videobert.encoders import ClipEmbedder, build_encoder, check_arch, save_embedder
 from videobert.precision import autocast, resolve as resolve_precision
 from videobert.reader import ClipSpec
@@ -83,10 +84,6 @@ class EncoderTrainConfig:
     @property
     def spec(self) -> ClipSpec:
         return ClipSpec(self.clip_seconds, self.clip_frames, self.clip_size, self.clip_fit)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def mil_nce_loss(clip_emb: torch.Tensor, text_emb: torch.Tensor, positives: torch.Tensor,
@@ -146,8 +143,8 @@ def mil_word_loss(logits: torch.Tensor, targets: torch.Tensor, q: float = 0.0) -
 
     `q` > 0 makes it the generalised cross-entropy (1 - P_i^q) / q (Zhang and Sabuncu 2018; -log P_i as q -> 0,
     1 - P_i at q = 1): each clip's gradient is that of -log P_i scaled by P_i^q, so clips whose candidates the
-    picture keeps contradicting (15% of the shapes world's training windows: every line near them names other
-    shapes) weigh less than those it agrees with, and are not memorised. Clips with no candidate are left out."""
+    picture keeps contradicting (every line near them names other shapes: `python -m bench.bag_noise` counts
+    them) weigh less than those it agrees with, and are not memorised. Clips with no candidate are left out."""
     keep = targets.sum(1) > 0
     if not keep.any():
         return logits.sum() * 0.0
@@ -161,8 +158,7 @@ def augment(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Label-preserving jitter, uint8 (B, T, H, W, 3) in and out: a random crop of 80-100% of the frame
     resized back, horizontal flips (no shapes-world verb depends on left vs right), brightness.
 
-    All in uint8 and int16 (resizing uint8 frames is a fast path in PyTorch): 20 ms for a batch of 96 where
-    the same in float32 took 50."""
+    All in uint8 and int16: resizing uint8 frames is a fast path in PyTorch, far quicker than float32."""
     b, t, h, w, _ = clips.shape
     flip = torch.rand(b, generator=gen) < 0.5
     scale = 0.8 + 0.2 * torch.rand(1, generator=gen).item()
@@ -209,7 +205,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     """Train on every video under `data`; writes an encoder checkpoint to `out` after every epoch."""
     check_arch(config.arch, config.arch_config)  # before minutes of reading videos
     check_config(config)
-    device = torch.device(device) if device else default_device()
+    device = pick_device(device)
     amp = resolve_precision(config.precision, device)  # a bad setting fails here, before reading videos
     out = Path(out)
     torch.manual_seed(config.seed)
@@ -230,7 +226,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     vocab = narration_words(lines, config.word_min_lines) if config.word_weight > 0 else []
     slots = config.slots if config.slot_weight > 0 else {}
     model = ClipEmbedder(build_encoder(config.arch, **config.arch_config), text_emb.shape[1], vocab, slots).to(device)
-    model.encoder.to(memory_format=torch.channels_last_3d)  # oneDNN's preferred layout: about 10% faster in bf16
+    model.encoder.to(memory_format=torch.channels_last_3d)  # oneDNN's preferred layout for 3D convolutions
     line_slots = {name: word_targets(lines, words).to(device) for name, words in slots.items()}  # (L, len(words))
     # a clip's target: the words said in any line near it (the union over its bag)
     line_words = word_targets(lines, vocab).to(device)  # (L, V)

@@ -15,10 +15,19 @@ from schemas.config import Settings
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+# Serve's proxy gets 5 s by default to say it is ready: on a busy 2-core machine it can take longer, and every
+# Serve test then errors at set-up. The controller reads this when Ray starts its processes (they inherit it).
+RAY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
+    import os
+
     import ray
 
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
     ray.init(num_cpus=8, include_dashboard=False, namespace=f"vbs-tests-{uuid.uuid4().hex[:6]}",
              configure_logging=False, log_to_driver=False)
     yield ray
@@ -122,6 +131,49 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port (for tests that restart, fill or kill Redis):
+    a context manager that gives its URL; `restart()` stops it and starts it again on the same port."""
+
+    def __init__(self, directory: Path, *args: str):
+        self.dir, self.args, self.port, self.proc = Path(directory), args, free_port(), None
+
+    def start(self) -> str:
+        import shutil
+        import subprocess
+
+        import redis
+
+        self.proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+                                      "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+                                      *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=1).ping():
+                    return self.url
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise AssertionError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 class Service:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.integration.conftest import API_KEY
-from tests.integration.live_sources import UdpSender
+from bench.sources import UdpSender
 
 pytestmark = pytest.mark.slow
 
@@ -101,9 +101,9 @@ def test_tag_an_uploaded_clip_batched_and_as_vbs_tag_does(service):
                                                        headers={"Content-Type": "video/mp4"}), range(4)))
     assert all(a.status_code == 200 for a in answers), answers[0].text
     rows = answers[0].json()["clips"]
-    expected = Tagger(service.settings.model_dir).tag_video(video)
+    expected = Tagger(service.settings.model_dir, context=service.settings.decoder.context_clips).tag_video(video)
     assert [(r["t0"], r["labels"]["verb"][0]["label"], r["labels"]["noun"][0]["label"]) for r in rows] == \
-           [(e["t0"], e["labels"]["verb"][0]["label"], e["labels"]["noun"][0]["label"]) for e in expected]
+           [(e.t0, e.top("verb"), e.top("noun")) for e in expected]
     assert all(a.json()["clips"] == rows for a in answers)
     from ray import serve
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.integration.live_sources import (DroppingHttpServer, HttpServer, LiveHls, SilentTcpServer,
+from bench.sources import (DroppingHttpServer, HttpServer, LiveHls, SilentTcpServer,
                                             UdpSender, paced_udp_streams, wait_udp_bound)
 
 

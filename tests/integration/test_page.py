@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.integration.conftest import API_KEY
-from tests.integration.live_sources import UdpSender
+from bench.sources import UdpSender
 
 pytestmark = pytest.mark.slow
 

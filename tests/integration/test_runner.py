@@ -11,13 +11,15 @@ import uuid
 
 import pytest
 
-from actors.decoder import Assignment, LocalPipeline, StreamRunner
+from actors.assignment import Assignment
 from actors.keys import Keys, redis_client
+from actors.pipeline import LocalPipeline
+from actors.runner import StreamRunner
 from actors.sink import Sink
 from actors.stages import FusionStage, LanguageStage, VideoEncoderStage
 from schemas.config import DecoderSettings
 from schemas.streams import IngestJob, StreamStatus
-from tests.integration.live_sources import SilentTcpServer, UdpSender
+from bench.sources import SilentTcpServer, UdpSender
 
 pytestmark = pytest.mark.slow
 
@@ -36,15 +38,16 @@ def env():
         r.delete(k)
 
 
-def runner(env, stages, url: str, pipeline=None, **settings) -> StreamRunner:
+def runner(env, stages, url: str, pipeline=None, job=None, metrics=None, **settings) -> StreamRunner:
     r, keys = env
     sid, token = f"s{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
     r.hset(keys.stream(sid), mapping={"token": token, "status": "starting"})
+    job = job or {}
     cfg = DecoderSettings(**{"open_timeout_s": 4, "read_timeout_s": 4, "reconnect_initial_s": 0.1,
                              "reconnect_max_s": 0.2, "max_reconnects": 1, **settings})
     enc = stages[0]
-    return StreamRunner(Assignment(sid, token, IngestJob(url=url), "", url), pipeline or LocalPipeline(*stages),
-                        Sink(r, keys), enc.spec, cfg, r, keys)
+    return StreamRunner(Assignment(sid, IngestJob(url=url, **job), "", url, token=token),
+                        pipeline or LocalPipeline(*stages), Sink(r, keys), enc.spec, cfg, r, keys, metrics=metrics)
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +55,16 @@ def video(trained_model):
     return sorted((trained_model / "data" / "heldout").glob("*.mp4"))[0]
 
 
-def run_then_stop(run: StreamRunner, seconds: float) -> None:
-    """Run the stream in a thread for `seconds`, then ask it to stop and wait for it to end."""
+def run_then_stop(run: StreamRunner, until, timeout: float = 90) -> None:
+    """Run the stream in a thread until `until()` holds (or `timeout`), then ask it to stop and wait for its end."""
     t = threading.Thread(target=run.run)
     t.start()
-    time.sleep(seconds)
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline and t.is_alive():
+        time.sleep(0.1)
     run.stop_requested.set()
     t.join(30)
+    assert not t.is_alive(), "the stream did not stop within 30 s of the request"
 
 
 def status(env, run: StreamRunner) -> dict:
@@ -103,7 +109,7 @@ class SlowPipeline(LocalPipeline):
 def test_a_live_source_drops_its_oldest_clips_when_the_model_falls_behind(env, stages, video):
     with UdpSender(video, loop=True, reencode=True) as udp:
         run = runner(env, stages, udp.url, pipeline=SlowPipeline(*stages), max_in_flight=1)
-        run_then_stop(run, 16)
+        run_then_stop(run, lambda: run.counters.dropped >= 1 and run.counters.clips >= 2)
     h = status(env, run)
     assert h["status"] == "stopped"
     assert int(h.get("clips_dropped", 0)) >= 1 and run.counters.dropped >= 1, h
@@ -127,6 +133,44 @@ def test_a_file_waits_for_the_model_instead_of_dropping(env, stages, video):
 
 def test_a_stop_request_ends_a_file_stream_cleanly(env, stages, video):
     run = runner(env, stages, str(video), pipeline=SlowPipeline(*stages))
-    run_then_stop(run, 6)
+    run_then_stop(run, lambda: run.counters.clips >= 1)
     h = status(env, run)
     assert h["status"] == "stopped" and 1 <= int(h["clips_tagged"]) < 8, h
+
+
+def frames_in(video) -> int:
+    import av
+
+    with av.open(str(video)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_each_count_is_kept_once_and_reaches_the_state_and_the_metrics_alike(env, stages, video):
+    """Frames and dropped clips are counted by the runner once; the stream's state and the metrics get the
+    same numbers (frames were counted twice in the metric, and the state missed the last ones)."""
+    from actors.metrics import Metrics
+
+    r, keys = env
+    metrics = Metrics(r, keys)  # not flushing: what the runner recorded stays in pending()
+    run = runner(env, stages, str(video), pipeline=SlowPipeline(*stages), job={"options": {"backpressure": "drop_oldest"}},
+                 metrics=metrics, max_in_flight=1)
+    assert run.run() == StreamStatus.finished
+    h = status(env, run)
+    pending = metrics.pending()
+    assert int(h["frames_decoded"]) == frames_in(video) == pending["vbs_decoder_frames_decoded_total|"]
+    assert int(h["clips_dropped"]) == run.counters.dropped == pending["vbs_decoder_clips_dropped_total|"] >= 1
+    assert int(h["clips_tagged"]) == run.counters.clips == pending["vbs_pipeline_clips_tagged_total|"]
+    assert "clips_dropped_total" not in h
+
+
+def test_back_pressure_is_the_stream_s_named_policy(env, stages, video):
+    """A file waits for the model by default; with backpressure "drop_oldest" it drops instead, and a live
+    source told to "wait" would too (the policy, not the source kind, decides)."""
+    from schemas.streams import BackPressure, StreamOptions
+
+    assert StreamOptions().policy(live=True) == BackPressure.drop_oldest
+    assert StreamOptions().policy(live=False) == BackPressure.wait
+    assert StreamOptions(backpressure="wait").policy(live=True) == BackPressure.wait
+    run = runner(env, stages, str(video), pipeline=SlowPipeline(*stages), job={"options": {"backpressure": "drop_oldest"}},
+                 max_in_flight=1)
+    assert run.run() == StreamStatus.finished and run.counters.dropped >= 1

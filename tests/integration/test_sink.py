@@ -9,8 +9,9 @@ import uuid
 import pytest
 
 from actors.keys import Keys, redis_client
-from actors.sink import Fenced, Sink, entry_id
-from schemas.streams import StreamStatus
+from actors.sink import SCRIPTS, Fenced, Sink, entry_id
+from schemas.state import StreamState, TagResult
+from schemas.streams import FailureReason, StreamStatus
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -25,9 +26,9 @@ def sink():
         r.delete(k)
 
 
-def row(t0: float) -> dict:
-    return {"t0": t0, "t1": t0 + 1.5, "labels": {"verb": [{"label": "grow", "score": 0.9}]}, "alignment": None,
-            "subtitle": ""}
+def row(t0: float) -> TagResult:
+    return TagResult(t0=t0, t1=t0 + 1.5, labels={"verb": [{"label": "grow", "score": 0.9}]}, alignment=None,
+                     subtitle="")
 
 
 def own(sink: Sink, sid: str) -> str:
@@ -56,7 +57,7 @@ def test_a_fenced_owner_can_write_nothing(sink):
     with pytest.raises(Fenced):
         sink.heartbeat("b", old)
     with pytest.raises(Fenced):
-        sink.finish("b", old, StreamStatus.failed, reason="x", error="y")
+        sink.finish("b", old, StreamStatus.failed, reason=FailureReason.internal, error="y")
     assert sink.commit("b", new, row(1.5))
     assert sink.redis.xlen(sink.keys.tags("b")) == 2
 
@@ -68,7 +69,8 @@ def test_finishing_acks_the_job_and_dead_letters_a_failure(sink):
     with sink.redis.pubsub() as ps:
         ps.subscribe(sink.keys.live("c"))
         ps.get_message(timeout=1)
-        sink.finish("c", token, StreamStatus.failed, entry=entry, reason="not_found", error="404", url="udp://x")
+        sink.finish("c", token, StreamStatus.failed, entry=entry, reason=FailureReason.not_found, error="404",
+                    url="udp://x")
         msg = ps.get_message(timeout=2)
     assert json.loads(msg["data"]) == {"event": "status", "status": "failed"}
     assert sink.redis.xpending(sink.keys.ingest, sink.keys.group)["pending"] == 0
@@ -81,12 +83,18 @@ def test_finishing_acks_the_job_and_dead_letters_a_failure(sink):
         sink.finish("c", token, StreamStatus.running)
 
 
-def test_the_heartbeat_carries_the_stop_request(sink):
+def test_the_heartbeat_carries_the_stop_request_and_adds_the_counts(sink):
     token = own(sink, "d")
-    assert sink.heartbeat("d", token, frames_decoded=10) is False
+    assert sink.heartbeat("d", token, {"frames_decoded": 10, "clips_dropped": 1}, owner="dec-0") is False
+    assert sink.heartbeat("d", token, {"frames_decoded": 5}) is False
     sink.redis.hset(sink.keys.stream("d"), "stop", 1)
     assert sink.heartbeat("d", token) is True
-    assert sink.redis.hget(sink.keys.stream("d"), "frames_decoded") == "10"
+    st = StreamState.from_hash("d", sink.redis.hgetall(sink.keys.stream("d")))
+    assert (st.frames_decoded, st.clips_dropped, st.owner, st.stop) == (15, 1, "dec-0", True)
+    with pytest.raises(ValueError, match="not fields of the stream state: colour"):
+        sink.heartbeat("d", token, colour="red")
+    with pytest.raises(ValueError, match="not counters"):
+        sink.heartbeat("d", token, {"attempts": 1})
 
 
 def test_results_are_published_live(sink):
@@ -106,3 +114,36 @@ def test_a_stream_released_at_shutdown_is_queued_for_whoever_comes_next(sink):
     h = sink.redis.hgetall(sink.keys.stream("f"))
     assert h["status"] == "queued" and h["token"] == "" and h["owner"] == "" and h["last_t0"] == "0.0"
     assert not sink.release("f", token)
+
+
+def test_the_scripts_write_only_stream_state_fields_and_declared_statuses():
+    import re
+
+    fields = set(StreamState.model_fields)
+    for name, script in SCRIPTS.items():
+        for cmd, args in re.findall(r"redis\.call\('(HSET|HINCRBY)', KEYS\[1\], ([^)]*)\)", script):
+            tokens = [t.strip() for t in args.replace("\n", " ").split(",")]
+            names = tokens[0::2] if cmd == "HSET" else tokens[:1]
+            literal = [t.strip("'") for t in names if t.startswith("'")]  # the rest come from ARGV, named in Python
+            assert set(literal) <= fields, (name, literal)
+        for status in re.findall(r"'status', '([a-z]+)'|\"status\":\"([a-z]+)\"", script):
+            assert {s for s in status if s} <= {s.value for s in StreamStatus}, (name, status)
+        assert "$" not in script, f"{name}: a status left unsubstituted"
+
+
+def test_a_commit_that_redis_refuses_is_an_error_not_a_replay(tmp_path):
+    """Under OOM the XADD fails inside the commit script; that used to read as "already written" (a clip lost
+    silently). Now it raises, like any other failed write."""
+    import redis
+
+    from tests.integration.conftest import RedisServer
+
+    with RedisServer(tmp_path, "--maxmemory-policy", "noeviction") as url:
+        r = redis_client(url)
+        sink = Sink(r, Keys("vbsoom"))
+        token = own(sink, "o")
+        assert sink.commit("o", token, row(0.0))
+        r.config_set("maxmemory", "1")  # the server is now out of memory for every write
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            sink.commit("o", token, row(1.5))
+        assert r.xlen(sink.keys.tags("o")) == 1

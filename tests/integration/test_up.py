@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.integration.conftest import Streams, graph_settings
-from tests.integration.live_sources import UdpSender
+from bench.sources import UdpSender
 
 pytestmark = pytest.mark.slow
 

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from tests.conftest import is_share_of
 from videobert import demo
 
 pytestmark = pytest.mark.slow
@@ -20,7 +21,10 @@ def test_demo_builds_a_model_and_writes_its_card(tmp_path, monkeypatch):
     assert set(card["step_seconds"]) == {"corpus", "heldout_corpus", "encoder", "vocab", "eval_encoder", "videobert",
                                          "eval_zero_shot"}
     zs = card["heldout_zero_shot"]
-    assert zs["n_segments"] > 0 and 0 <= zs["verb_top1"] <= zs["verb_top3"] <= 1
+    assert zs["n_segments"] == sum(len(json.loads(p.read_text())["segments"])
+                                   for p in (tmp_path / "data" / "heldout").glob("shapes_*.json"))
+    assert is_share_of(zs["verb_top1"], zs["n_segments"]) and zs["verb_top1"] <= zs["verb_top3"]
+    assert zs["chance"] == {"verb_top1": 1 / 8, "noun_top1": 1 / 6, "both_top1": 1 / 48}
     assert card["vocab"]["vocab_size"] == 6
     from videobert.precision import resolve
 
@@ -29,6 +33,7 @@ def test_demo_builds_a_model_and_writes_its_card(tmp_path, monkeypatch):
     assert on_disk["heldout_zero_shot"] == zs
     md = (tmp_path / "model_card.md").read_text()
     assert "tiny preset, seed 3" in md and "| top-1 |" in md and "word head verb" in md
+    assert "| chance top-1 | 0.125 | 0.167 | 0.021 |" in md  # from the label sets' sizes
     for part in ("encoder/encoder.safetensors", "vocab/vocab.json", "videobert/pretrain_summary.json"):
         assert (tmp_path / part).is_file(), part
 
@@ -76,6 +81,9 @@ def test_a_build_from_before_the_slot_loss_was_recorded_is_refused(tmp_path):
         demo.build_demo(tmp_path, preset="quick", seed=0)
 
 
+WALL_CLOCK = {"seconds", "seconds_this_run", "wall_seconds"}  # how long a step took: not a property of the model
+
+
 def _build_in_a_new_process(out, hash_seed: str) -> None:
     """The tiny build in a fresh interpreter: nothing cached in memory, and another string-hash order."""
     import os
@@ -102,8 +110,9 @@ def test_a_build_is_deterministic_per_seed(tmp_path):
                  "videobert/model.safetensors"] + [f"vocab/{p.name}" for p in (a / "vocab").glob("*.safetensors")]:
         assert hashlib.sha256((a / part).read_bytes()).digest() == hashlib.sha256((b / part).read_bytes()).digest(), part
 
-    def figures(d, part):  # a JSON record without the paths that name its own directory
-        return {k: v for k, v in json.loads((d / part).read_text()).items() if not str(v).startswith(str(d))}
+    def figures(d, part):  # a JSON record without what names its own directory or the wall clock
+        return {k: v for k, v in json.loads((d / part).read_text()).items()
+                if not str(v).startswith(str(d)) and k not in WALL_CLOCK}
 
     for part in ("vocab/vocab.json", "eval_encoder.json", "eval_zero_shot.json"):
         assert figures(a, part) == figures(b, part), part

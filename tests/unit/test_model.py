@@ -119,16 +119,45 @@ def test_masked_prediction_sanity():
     assert right == 4
 
 
-def test_minilm_dir_can_be_pointed_elsewhere(tmp_path, monkeypatch):
+def test_minilm_dir_can_be_pointed_elsewhere(tmp_path):
+    """VBS_MINILM_DIR is read by the settings layer only; the model code is told where to load from."""
     import shutil
 
-    from videobert.text import minilm_path
+    from schemas.config import Settings, minilm_dir_from
+    from videobert.text import minilm_path, use_minilm
 
     installed = minilm_path()
-    monkeypatch.setenv("VBS_MINILM_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="VBS_MINILM_DIR"):
-        minilm_path()
+    assert Settings.load(env={"VBS_MINILM_DIR": str(tmp_path)}).minilm_dir == str(tmp_path)
+    assert minilm_dir_from({"VBS_MINILM_DIR": str(tmp_path)}) == str(tmp_path) and minilm_dir_from({}) is None
+    with pytest.raises(FileNotFoundError, match="holds no MiniLM"):
+        use_minilm(tmp_path)
     shutil.copy(installed / "config.json", tmp_path / "config.json")
-    assert minilm_path() == tmp_path
-    monkeypatch.delenv("VBS_MINILM_DIR")
+    try:
+        use_minilm(tmp_path)
+        assert minilm_path() == tmp_path
+    finally:
+        use_minilm(None)
     assert minilm_path() == installed
+
+
+def test_only_the_settings_layer_reads_the_environment():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readers = [str(p.relative_to(root)) for pkg in ("schemas", "videobert", "actors", "deployments", "ops")
+               for p in (root / pkg).rglob("*.py")
+               if any(w in p.read_text() for w in ("os.environ", "os.getenv", "environ.get("))]
+    assert readers == ["schemas/config.py"], readers
+
+
+def test_a_checkpoint_that_does_not_fit_its_network_is_refused_by_name(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = VideoBertConfig(visual_vocab_size=4, num_layers=1)
+    VideoBertForPreTraining(cfg).save(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state.pop("align_head.weight")
+    state["extra.weight"] = state["align_head.bias"].clone()
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"1 missing: align_head.weight; 1 unexpected: extra.weight"):
+        VideoBertForPreTraining.load(tmp_path)

@@ -3,7 +3,7 @@ import numpy as np
 from videobert.model import IGNORE, VideoBertConfig
 from videobert.sequences import SequenceBuilder, collate
 from videobert.text import load_tokenizer
-from videobert.tagging import segment_windows
+from videobert.evaluate import segment_windows
 
 CFG = VideoBertConfig(visual_vocab_size=20)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,61 @@ def test_a_bad_config_names_the_file_and_field(tmp_path, text, message):
     assert message in str(e.value)
     with pytest.raises(ValueError, match="does not exist"):
         Settings.load(tmp_path / "nope.toml", env={})
+
+
+def test_the_stream_state_reads_and_writes_the_hash_with_types():
+    from schemas.state import StreamState, TagResult
+
+    tag = TagResult(t0=1.5, t1=3.0, labels={"verb": [{"label": "grow", "score": 0.9}]}, alignment=None, subtitle="")
+    st = StreamState(stream_id="cam-1", status="running", clips_tagged=12, live=True, last_t0=1.5, latest=tag,
+                     options={"clip_rate": 1.0}, token="secret-token", stop=False)
+    h = st.to_hash()
+    assert h["clips_tagged"] == "12" and h["live"] == "1" and h["last_t0"] == "1.500" and h["finished_at"] == ""
+    assert json.loads(h["latest"]) == {"t0": 1.5, "t1": 3.0, "labels": {"verb": [{"label": "grow", "score": 0.9}]},
+                                       "alignment": None, "subtitle": ""}
+    back = StreamState.from_hash("cam-1", h)
+    assert back == st
+    public = back.public()
+    assert public["clips_tagged"] == 12 and public["live"] is True and public["latest"]["t0"] == 1.5
+    assert not {"token", "stop", "entry", "owner_pid"} & set(public)
+    assert StreamState.from_hash("x", {}).status == StreamStatus.queued  # absent fields take their defaults
+    with pytest.raises(ValueError, match="not fields of the stream state: clips_dropped_total"):
+        StreamState.encode(clips_dropped_total=3)
+
+
+def test_a_tag_row_carries_embedding_and_latency_only_when_set():
+    from schemas.state import TagResult
+
+    row = TagResult(t0=0.0, t1=1.5, labels={}, alignment=0.5, subtitle="hi")
+    assert set(row.to_dict()) == {"t0", "t1", "labels", "alignment", "subtitle"}
+    assert set(TagResult(**row.to_dict(), latency_s=0.2).to_dict()) == {"t0", "t1", "labels", "alignment", "subtitle",
+                                                                        "latency_s"}
+
+
+def test_labels_are_one_frozen_value_built_by_the_options():
+    from schemas.streams import LabelSet, StreamOptions
+
+    opts = StreamOptions(template="watch me [MASK] it", labels={"action": ["grow", "shrink"]})
+    assert opts.label_set == LabelSet(template="watch me [MASK] it", slots=(("action", ("grow", "shrink")),))
+    assert hash(opts.label_set) == hash(StreamOptions.model_validate(opts.model_dump()).label_set)
+    assert StreamOptions().label_set is None and StreamOptions(labels={"verb": ["grow"]}).label_set.template is None
+    full = StreamOptions(labels={"verb": ["grow"]}).label_set.over(
+        LabelSet(template="watch me [MASK]", slots=(("noun", ("star",)),)))
+    assert full == LabelSet(template="watch me [MASK]", slots=(("verb", ("grow",)),))
+    with pytest.raises(ValueError, match="template has 2 \\[MASK\\] slot\\(s\\) but 1 label set"):
+        LabelSet(template="[MASK] [MASK]", slots=(("verb", ("grow",)),))
+    with pytest.raises(JobError, match="template has 1"):
+        IngestJob.from_fields({"url": "x", "options": '{"template": "a [MASK]", "labels": {"a": ["x"], "b": ["y"]}}'})
+
+
+def test_statuses_and_failure_reasons_are_the_metrics_label_sets():
+    from actors.metrics import BY_NAME, FINAL_STATUSES, STATUSES
+    from actors.url_policy import UrlRefused
+    from schemas.streams import FailureReason
+
+    assert STATUSES == tuple(s.value for s in StreamStatus)
+    assert set(FINAL_STATUSES) == {"finished", "failed", "stopped"}
+    assert set(BY_NAME["vbs_failures_total"].values["reason"]) == {r.value for r in FailureReason} - {"stopped"}
+    assert UrlRefused("scheme", "x").failure == FailureReason.refused_scheme
+    with pytest.raises(ValueError):
+        UrlRefused("no_such_code", "x")  # every refusal has its declared reason

@@ -1,0 +1,40 @@
+"""What a client does to the streaming graph through Redis, in one place: submit a job (and learn its stream's
+id), read a stream's state, and request a stop. The API, `vbs push`, `vbs status`, `vbs stop` and the demo
+stream of `vbs up` all go through these; the supervisor names streams the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actors.keys import Keys
+from schemas.state import StreamState
+from schemas.streams import IngestJob, valid_stream_id
+
+
+@dataclass(frozen=True)
+class Submitted:
+    entry: str  # the ingest entry id
+    stream_id: str
+
+
+def submit(r, keys: Keys, job: IngestJob) -> Submitted:
+    """Queue a job on the ingest stream (the same as XADD vbs:ingest)."""
+    entry = r.xadd(keys.ingest, job.to_fields())
+    return Submitted(entry, job.stream_id_for(entry))
+
+
+def state(r, keys: Keys, stream_id: str) -> StreamState | None:
+    """A stream's state, or None when there is no such stream."""
+    if not valid_stream_id(stream_id):
+        return None
+    h = r.hgetall(keys.stream(stream_id))
+    return StreamState.from_hash(stream_id, h) if h else None
+
+
+def request_stop(r, keys: Keys, stream_id: str) -> StreamState | None:
+    """Ask a stream to stop (its decoder ends it within a heartbeat; the supervisor ends a queued one). Returns
+    its state as it was, or None when there is no such stream. A stream that has ended is left as it is."""
+    st = state(r, keys, stream_id)
+    if st is not None and not st.status.terminal:
+        r.hset(keys.stream(stream_id), mapping=StreamState.encode(stop=True))
+    return st

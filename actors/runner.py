@@ -1,0 +1,343 @@
+"""One stream, from its assignment to its end. A reader thread (actors/source.py) cuts clips into a bounded
+buffer under the stream's back-pressure policy (drop the oldest clip, or wait); the runner sends each clip
+through the model stages (a `Pipeline`) and commits the results in order to the sink. A source that fails
+reconnects with back-off (`Reconnects`); a stalled reader (no packet and no error for `watchdog_s`: PyAV can
+hang on a source that accepts and sends nothing) is abandoned and treated as a failed connection. What the
+stream counts (`Counters`) reaches its state in Redis and the metrics through `report`, once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.assignment import Assignment
+from actors.pipeline import Pipeline
+from actors.sink import Fenced, Sink
+from actors.source import SourceError, SourceReader, StreamClip
+from actors.stages import FusionItem
+from actors.url_policy import scheme_of
+from schemas.config import DecoderSettings
+from schemas.state import StreamState
+from schemas.streams import BackPressure, FailureReason, StreamStatus
+from videobert.reader import ClipSpec
+from videobert.tagging import tag_result
+
+log = logging.getLogger(__name__)
+
+# stream-state counter -> the metric that counts the same thing across every stream
+METRIC_OF = {"frames_decoded": "vbs_decoder_frames_decoded_total", "clips_dropped": "vbs_decoder_clips_dropped_total",
+             "reconnects": "vbs_decoder_reconnects_total"}
+
+
+@dataclass
+class Counters:
+    """What this runner counted. `unreported()` gives what the stream's state (and the metrics) have not
+    had yet, `reported()` marks it had: each count is kept here once and added there once."""
+
+    frames: int = 0  # decoded by readers that have ended (the running reader counts its own)
+    clips: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    replayed: int = 0
+    latencies: list[float] = field(default_factory=list)  # live end-to-end, recent
+    _reported: dict[str, int] = field(default_factory=dict)
+
+    def unreported(self, frames_now: int) -> dict[str, int]:
+        now = {"frames_decoded": frames_now, "clips_dropped": self.dropped, "reconnects": self.reconnects}
+        return {k: v - self._reported.get(k, 0) for k, v in now.items() if v != self._reported.get(k, 0)}
+
+    def reported(self, deltas: dict[str, int]) -> None:
+        for k, v in deltas.items():
+            self._reported[k] = self._reported.get(k, 0) + v
+
+
+@dataclass
+class Reconnects:
+    """The back-off of a source that keeps failing: failures in a row, the next wait (doubling up to
+    `max_s`), and whether to give up."""
+
+    initial_s: float
+    max_s: float
+    in_a_row: int = 0
+    wait_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.wait_s = self.initial_s
+
+    def recovered(self) -> None:
+        self.in_a_row, self.wait_s = 0, self.initial_s
+
+    def exhausted(self, limit: int) -> bool:
+        return self.in_a_row >= limit
+
+    def next_wait(self) -> float:
+        """Count one more failure; the time to wait before trying again."""
+        wait = self.wait_s
+        self.in_a_row += 1
+        self.wait_s = min(self.wait_s * 2, self.max_s)
+        return wait
+
+
+class StreamRunner:
+    """Runs one stream until it ends, fails, is stopped or is taken away (fenced)."""
+
+    def __init__(self, a: Assignment, pipeline: Pipeline, sink: Sink, spec: ClipSpec, settings: DecoderSettings,
+                 redis, keys, sidecar_cues=None, metrics=None, owner: str = ""):
+        self.a, self.pipeline, self.sink, self.spec, self.settings = a, pipeline, sink, spec, settings
+        self.metrics = metrics  # actors.metrics.Metrics, or None (tests, benchmarks)
+        self.redis, self.keys, self.owner = redis, keys, owner
+        self.sidecar_cues = sidecar_cues
+        self.stop_requested = threading.Event()
+        self.fenced = threading.Event()
+        self.counters = Counters()
+        self.status = StreamStatus.starting
+        self._cond = threading.Condition()
+        self._buffer: deque[StreamClip] = deque()
+        self._reader_done: SourceError | bool | None = None  # True: clean end; SourceError: failure
+        self._generation = 0
+        self._reader: SourceReader | None = None
+        self._report_lock = threading.Lock()
+        opts = a.job.options
+        self.stride = 1.0 / opts.clip_rate if opts.clip_rate else spec.seconds
+        self.item = FusionItem(words=(), labels=opts.label_set)
+
+    # -- the reader thread ---------------------------------------------------------------------------
+    def _read(self, generation: int, reader: SourceReader) -> None:
+        outcome: SourceError | bool = True
+        try:
+            for clip in reader.clips():
+                with self._cond:
+                    if generation != self._generation:
+                        return  # abandoned by the watchdog: a newer reader owns the stream
+                    if self.a.job.options.policy(reader.live) == BackPressure.drop_oldest:
+                        if len(self._buffer) >= self.settings.max_in_flight:
+                            self._buffer.popleft()
+                            self.counters.dropped += 1
+                    else:
+                        while (len(self._buffer) >= self.settings.max_in_flight and generation == self._generation
+                               and not self._stopping()):
+                            self._cond.wait(0.5)
+                    self._buffer.append(clip)
+                    self._cond.notify_all()
+                if self._stopping():
+                    return
+        except SourceError as e:
+            outcome = e
+        except Exception as e:  # noqa: BLE001 - a bug or an odd source must still end as a recorded failure
+            log.exception("stream %s: reader crashed", self.a.stream_id)
+            outcome = SourceError("internal", f"reader error: {type(e).__name__}: {e}")
+        finally:
+            with self._cond:
+                if generation == self._generation:
+                    self._reader_done = outcome
+                    self._cond.notify_all()
+
+    def frames_total(self) -> int:
+        reader = self._reader
+        return self.counters.frames + (reader.frames_decoded if reader is not None else 0)
+
+    def _reader_ended(self, reader: SourceReader) -> None:
+        with self._report_lock:  # never counted twice, not even by a report in between
+            self.counters.frames += reader.frames_decoded
+            self._reader = None
+
+    def _stopping(self) -> bool:
+        return self.stop_requested.is_set() or self.fenced.is_set()
+
+    def _start_reader(self, resume_after: float | None, started_at: float) -> SourceReader:
+        with self._cond:
+            self._generation += 1
+            self._reader_done = None
+            gen = self._generation
+        reader = SourceReader(self.a.url, self.spec, self.settings, stride=self.stride, resume_after=resume_after,
+                              live=self.a.job.options.live, started_at=started_at, sidecar_cues=self.sidecar_cues)
+        self._reader = reader
+        threading.Thread(target=self._read, args=(gen, reader), daemon=True,
+                         name=f"read-{self.a.stream_id}-{gen}").start()
+        return reader
+
+    # -- what the stream counted, to Redis and the metrics ---------------------------------------------
+    def report(self, status: StreamStatus | None = None, **fields) -> bool:
+        """The heartbeat: refresh the stream's lease and add what it counted since the last report to its state
+        (and to the metrics), with a status change when given. Returns whether a stop was requested. Raises
+        Fenced when the stream has moved on; on a Redis error the counts wait for the next report."""
+        with self._report_lock:
+            deltas = self.counters.unreported(self.frames_total())
+            try:
+                if status is None:
+                    owner = {"owner": self.owner} if self.owner else {}
+                    stop = self.sink.heartbeat(self.a.stream_id, self.a.token, deltas, **owner, **fields)
+                else:
+                    stop = self.sink.set_status(self.a.stream_id, self.a.token, status, deltas, **fields)
+            except Fenced:
+                self._counted(deltas)  # they happened, the metrics count them; the new owner counts its own
+                raise
+            self._counted(deltas)
+            return stop
+
+    def _counted(self, deltas: dict[str, int]) -> None:
+        self.counters.reported(deltas)
+        if self.metrics is not None:
+            for k, v in deltas.items():
+                if v > 0:
+                    self.metrics.inc(METRIC_OF[k], v)
+
+    # -- the runner ----------------------------------------------------------------------------------
+    def run(self) -> StreamStatus:
+        """Blocks until the stream is over; returns its final status (or the last one, when fenced)."""
+        sid = self.a.stream_id
+        try:
+            return self._run()
+        except Fenced:
+            log.info("stream %s: taken over by another owner; stopping here", sid)
+            self.fenced.set()
+            return self.status
+        except Exception as e:  # noqa: BLE001 - never a silently dead stream
+            log.exception("stream %s: runner crashed", sid)
+            try:
+                return self._finish(StreamStatus.failed, FailureReason.internal, f"{type(e).__name__}: {e}")
+            except Fenced:
+                self.fenced.set()
+                return self.status
+        finally:
+            with self._cond:
+                self._generation += 1  # any reader still running is now abandoned
+                self._cond.notify_all()
+            if self.fenced.is_set():
+                self._counted(self.counters.unreported(self.frames_total()))
+
+    def _checkpoint(self) -> tuple[float | None, float]:
+        st = StreamState.from_hash(self.a.stream_id, dict(zip(
+            ("last_t0", "started_at"), self.redis.hmget(self.keys.stream(self.a.stream_id), "last_t0", "started_at"))))
+        return st.last_t0, st.started_at if st.started_at is not None else time.time()
+
+    def _run(self) -> StreamStatus:
+        sid = self.a.stream_id
+        last_t0, started_at = self._checkpoint()
+        self.report(StreamStatus.starting, started_at=started_at, owner_pid=str(threading.get_native_id()))
+        if last_t0 is not None:
+            log.info("stream %s: resuming after the clip at %.3f s", sid, last_t0)
+        reader = self._start_reader(last_t0, started_at)
+        inflight: deque[tuple[StreamClip, Any]] = deque()
+        context: deque = deque(maxlen=self.settings.context_clips)
+        reconnects = Reconnects(self.settings.reconnect_initial_s, self.settings.reconnect_max_s)
+        clips_before = 0  # clips committed before the last failure
+        while True:
+            if self.fenced.is_set():
+                raise Fenced(sid)
+            if self.stop_requested.is_set():
+                self._drain(inflight)
+                return self._finish(StreamStatus.stopped, FailureReason.stopped, "stopped on request")
+            try:  # start buffered clips through the stages, then commit the oldest when it is ready
+                with self._cond:
+                    while self._buffer and len(inflight) < self.settings.max_in_flight:
+                        clip = self._buffer.popleft()
+                        word, handle = self.pipeline.submit(clip, list(context), self.item)
+                        context.append(word)
+                        inflight.append((clip, handle))
+                    self._cond.notify_all()
+                    done = self._reader_done
+                if inflight:
+                    self._complete_one(inflight)
+            except (Fenced, ValueError):
+                raise
+            except Exception as e:  # noqa: BLE001 - a model actor died or failed: retry from the checkpoint
+                log.warning("stream %s: model stage failed: %s", sid, e)
+                with self._cond:
+                    self._generation += 1
+                    self._buffer.clear()
+                inflight.clear()
+                context.clear()
+                done = SourceError("stage_error", f"model stage failed: {_short_error(e)}", retry=True)
+            else:
+                if self.counters.clips > clips_before and self.status != StreamStatus.running:
+                    self.status = StreamStatus.running  # a new clip since the last failure: the source is back
+                    self.report(StreamStatus.running, live=reader.live)
+                    reconnects.recovered()
+                if inflight:
+                    continue
+            if done is None:
+                stalled = time.monotonic() - reader.last_progress > self.settings.watchdog_s
+                if stalled:
+                    with self._cond:
+                        self._generation += 1  # abandon the hung reader
+                    done = SourceError("stalled", f"no data for {self.settings.watchdog_s:.0f} s", retry=True)
+                else:
+                    with self._cond:
+                        if not self._buffer and self._reader_done is None:
+                            self._cond.wait(0.05)
+                    continue
+            with self._cond:
+                if self._buffer:
+                    continue
+            self._reader_ended(reader)
+            if done is True:
+                if reader.live and self.counters.clips == 0:
+                    done = SourceError("no_frames", "the live source ended before the first clip", retry=True)
+                else:
+                    return self._finish(StreamStatus.finished, None, "")
+            err: SourceError = done  # type: ignore[assignment]
+            may_retry = err.retry and (reader.live or scheme_of(self.a.url) != "file"
+                                       or err.reason == FailureReason.stage_error)
+            limit = self.settings.max_reconnects if reader.live else min(3, self.settings.max_reconnects)
+            if not may_retry or reconnects.exhausted(limit):
+                log.warning("stream %s: failed: %s (%s)", sid, err, err.reason)
+                return self._finish(StreamStatus.failed, err.reason, str(err))
+            wait = reconnects.next_wait()
+            clips_before = self.counters.clips
+            self.counters.reconnects += 1
+            log.info("stream %s: %s; reconnecting in %.1f s (attempt %d)", sid, err, wait, reconnects.in_a_row)
+            self.status = StreamStatus.reconnecting
+            self.report(StreamStatus.reconnecting, error=str(err)[:500])
+            if self.stop_requested.wait(wait):
+                continue
+            last_t0, started_at = self._checkpoint()
+            reader = self._start_reader(last_t0, started_at)
+
+    def _complete_one(self, inflight: deque) -> None:
+        clip, handle = inflight[0]
+        score = self.pipeline.result(handle, timeout=0.2)
+        if score is None:
+            return
+        inflight.popleft()
+        latency = round(max(0.0, time.time() - clip.end_wall), 3) if clip.end_wall is not None else None
+        row = tag_result(clip.t0, clip.t1, clip.text, score, latency)
+        if self.sink.commit(self.a.stream_id, self.a.token, row):
+            self.counters.clips += 1
+            if self.metrics is not None:
+                self.metrics.inc("vbs_pipeline_clips_tagged_total")
+            if latency is not None:
+                self.counters.latencies = (self.counters.latencies + [latency])[-2000:]
+                if self.metrics is not None:
+                    self.metrics.observe("vbs_tag_latency_seconds", latency)
+        else:
+            self.counters.replayed += 1
+            log.info("stream %s: clip %d at %.3f s was already written (replay)", self.a.stream_id, clip.index, clip.t0)
+
+    def _drain(self, inflight: deque) -> None:
+        deadline = time.monotonic() + 10
+        while inflight and time.monotonic() < deadline:
+            self._complete_one(inflight)
+
+    def _finish(self, status: StreamStatus, reason: FailureReason | None, error: str) -> StreamStatus:
+        self.status = status
+        try:
+            self.report()  # the last counts first: the ending clears the token that fences them
+        except Fenced:
+            raise
+        except Exception as e:  # noqa: BLE001 - counts are best effort; the ending is what must be written
+            log.warning("stream %s: last report failed: %s", self.a.stream_id, e)
+        self.sink.finish(self.a.stream_id, self.a.token, status, entry=self.a.entry, error=error, reason=reason,
+                         url=self.a.safe_url)
+        log.info("stream %s: %s %s", self.a.stream_id, status.value, f"({reason.value}: {error})" if reason else "")
+        return status
+
+
+def _short_error(e: Exception) -> str:
+    """One line for a status: a Ray task error carries the remote exception as its cause."""
+    cause = getattr(e, "cause", None) or e
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"[:300]
