@@ -25,7 +25,6 @@ from bench import write_result
 from videobert.clipset import load_clipset
 from videobert.device import pick_device
 from videobert.encoders import build_encoder, check_arch
-from videobert.reader import ClipSpec
 from videobert.train_encoder import EncoderTrainConfig, augment
 
 

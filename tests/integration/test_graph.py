@@ -4,7 +4,6 @@ live HLS written in real time by ffmpeg, live MPEG-TS over UDP), the small train
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
