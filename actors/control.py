@@ -1,14 +1,44 @@
-"""What a client does to the streaming graph through Redis, in one place: submit a job (and learn its stream's
-id), read a stream's state, and request a stop. The API, `vbs push`, `vbs status`, `vbs stop` and the demo
-stream of `vbs up` all go through these; the supervisor names streams the same way."""
+"""What a client does to the streaming graph through Redis, in one place: check a job (`admit`), submit it (and
+learn its stream's id), read a stream's state, and request a stop. The API, `vbs push`, `vbs status`, `vbs
+stop` and the demo stream of `vbs up` all go through these; the supervisor admits and names streams the same
+way."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from actors.keys import Keys
+from actors.url_policy import UrlRefused, check_url
+from schemas.config import UrlPolicy
 from schemas.state import StreamState
-from schemas.streams import IngestJob, valid_stream_id
+from schemas.streams import FailureReason, IngestJob, valid_stream_id
+
+
+class Refused(ValueError):
+    """A job that cannot run: `reason` is its failure reason, the message says why (never a credential)."""
+
+    def __init__(self, reason: FailureReason, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def admit(job: IngestJob, policy: UrlPolicy) -> tuple[str, str]:
+    """The checks every job passes before it runs, wherever it comes in (the API and `vbs push` at once, the
+    supervisor for jobs written straight to Redis): its label sets, then the URL policy for its URL and its
+    subtitles URL. Returns what to open (url, subtitles or ""); raises Refused."""
+    if job.options.label_set is not None:  # the defaults need no check
+        from videobert.labels import check
+
+        try:
+            check(job.options.label_set)
+        except ValueError as e:
+            raise Refused(FailureReason.bad_options, str(e)) from None
+    try:
+        url = check_url(job.url, policy)
+        subs = check_url(job.subtitles_url, policy) if job.subtitles_url else ""
+    except UrlRefused as e:
+        raise Refused(e.failure, e.reason) from None
+    return url, subs
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from actors.assignment import Assignment
 from actors.pipeline import Pipeline, RayPipeline
 from actors.runner import StreamRunner
 from actors.sink import Fenced, Sink
-from actors.source import sidecar_cues
 from videobert.reader import ClipSpec
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ class DecoderActor:
         self.name, self.settings = name, settings
         self.keys = Keys(settings.redis.prefix)
         self.redis = redis_client(settings.redis.url)
-        self.sink = Sink(self.redis, self.keys, settings.redis.tags_maxlen, settings.redis.dead_maxlen)
+        self.sink = Sink.of(self.redis, self.keys, settings.redis)
         self.metrics = Metrics(self.redis, self.keys).start()
         self.handles = stage_handles or {}
         self._pipeline_factory = pipeline_factory
@@ -62,9 +61,8 @@ class DecoderActor:
             old = self.runners.get(a.stream_id)
             if old is not None:
                 old.fenced.set()
-        cues = sidecar_cues(a.subtitles, a.url, a.stream_id)
         runner = StreamRunner(a, self._pipeline(hash(a.stream_id)), self.sink, self._clip_spec(), self.settings.decoder,
-                              self.redis, self.keys, cues, self.metrics, owner=self.name)
+                              self.redis, self.keys, self.metrics, owner=self.name)
         with self._lock:
             self.runners[a.stream_id] = runner
         threading.Thread(target=self._run, args=(runner,), daemon=True, name=f"stream-{a.stream_id}").start()

@@ -47,14 +47,15 @@ class Keys:
         return f"{self.prefix}:live:{stream_id}"
 
 
-def redis_client(url: str, *, asyncio: bool = False):
-    """The one Redis client factory: redis-py (or redis.asyncio with `asyncio=True`) with string replies and
-    the same policy for both: connection errors and timeouts retried with exponential backoff (Redis
-    restarts, blips), connect and read timeouts, and a health check on idle connections."""
+def redis_client(url: str, *, asyncio: bool = False, decode: bool = True):
+    """The one Redis client factory: redis-py (or redis.asyncio with `asyncio=True`) with string replies (bytes
+    with `decode=False`, for reading what clients wrote: a reply that is not UTF-8 must not raise inside the
+    client) and the same policy for all: connection errors and timeouts retried with exponential backoff
+    (Redis restarts, blips), connect and read timeouts, and a health check on idle connections."""
     import redis
     from redis.backoff import ExponentialBackoff
 
-    opts = dict(decode_responses=True, socket_connect_timeout=5, socket_timeout=30, health_check_interval=15,
+    opts = dict(decode_responses=decode, socket_connect_timeout=5, socket_timeout=30, health_check_interval=15,
                 retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     if asyncio:
         import redis.asyncio as aioredis
@@ -64,3 +65,10 @@ def redis_client(url: str, *, asyncio: bool = False):
     from redis.retry import Retry
 
     return redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=5, base=0.1), 8), **opts)
+
+
+def redis_down(e: BaseException) -> bool:
+    """Whether `e` means Redis cannot take writes right now (gone, slow, or out of memory), not a bug."""
+    import redis
+
+    return isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.OutOfMemoryError))

@@ -8,6 +8,7 @@ stream counts (`Counters`) reaches its state in Redis and the metrics through `r
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.assignment import Assignment
+from actors.keys import redis_down
 from actors.pipeline import Pipeline
 from actors.sink import Fenced, Sink
-from actors.source import SourceError, SourceReader, StreamClip
+from actors.source import SourceError, SourceReader, StreamClip, sidecar_cues
 from actors.stages import FusionItem
 from actors.url_policy import scheme_of
 from schemas.config import DecoderSettings
@@ -27,6 +29,10 @@ from videobert.reader import ClipSpec
 from videobert.tagging import tag_result
 
 log = logging.getLogger(__name__)
+
+class RedisUnavailable(Exception):
+    """Redis did not take a write for longer than `redis_outage_s` (down, or out of memory)."""
+
 
 # stream-state counter -> the metric that counts the same thing across every stream
 METRIC_OF = {"frames_decoded": "vbs_decoder_frames_decoded_total", "clips_dropped": "vbs_decoder_clips_dropped_total",
@@ -86,11 +92,11 @@ class StreamRunner:
     """Runs one stream until it ends, fails, is stopped or is taken away (fenced)."""
 
     def __init__(self, a: Assignment, pipeline: Pipeline, sink: Sink, spec: ClipSpec, settings: DecoderSettings,
-                 redis, keys, sidecar_cues=None, metrics=None, owner: str = ""):
+                 redis, keys, metrics=None, owner: str = ""):
         self.a, self.pipeline, self.sink, self.spec, self.settings = a, pipeline, sink, spec, settings
         self.metrics = metrics  # actors.metrics.Metrics, or None (tests, benchmarks)
         self.redis, self.keys, self.owner = redis, keys, owner
-        self.sidecar_cues = sidecar_cues
+        self.sidecar_cues = None  # read in the stream's own thread when it starts (never in the actor's call)
         self.stop_requested = threading.Event()
         self.fenced = threading.Event()
         self.counters = Counters()
@@ -121,6 +127,7 @@ class StreamRunner:
                         while (len(self._buffer) >= self.settings.max_in_flight and generation == self._generation
                                and not self._stopping()):
                             self._cond.wait(0.5)
+                            reader.last_progress = time.monotonic()  # waiting on us, not on the source
                     self._buffer.append(clip)
                     self._cond.notify_all()
                 if self._stopping():
@@ -179,6 +186,36 @@ class StreamRunner:
             self._counted(deltas)
             return stop
 
+    def _durable(self, what: str, fn, *args, **kwargs):
+        """`fn` (a write to Redis, or a read the stream cannot go on without), ridden through a Redis outage:
+        while Redis is down or out of memory, tried again with back-off and jitter for up to `redis_outage_s`
+        from the first failed try (the client's own retries count in it), the stream meanwhile holding its place (a file's reader waits
+        on the full buffer; a live one drops its oldest clips, recorded as clips_dropped). Past that,
+        RedisUnavailable."""
+        first, wait = None, 0.5
+        while True:
+            tried = time.monotonic()
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - only an outage is ridden out; anything else goes on up
+                if not redis_down(e):
+                    raise
+                now = time.monotonic()
+                if first is None:  # the outage began when the first failed try did (the client retried meanwhile)
+                    first = tried
+                    log.warning("stream %s: Redis unavailable writing %s (%s); holding the stream's place",
+                                self.a.stream_id, what, type(e).__name__)
+                if now - first > self.settings.redis_outage_s:
+                    raise RedisUnavailable(f"Redis took no write for {now - first:.0f} s ({what}): "
+                                           f"{type(e).__name__}: {str(e)[:200]}") from e
+                if self.fenced.wait(wait * random.uniform(0.5, 1.5)):
+                    raise Fenced(self.a.stream_id) from e
+                wait = min(wait * 2, 10.0)
+            else:
+                if first is not None:
+                    log.info("stream %s: Redis is back after %.0f s; going on", self.a.stream_id, time.monotonic() - first)
+                return result
+
     def _counted(self, deltas: dict[str, int]) -> None:
         self.counters.reported(deltas)
         if self.metrics is not None:
@@ -196,6 +233,13 @@ class StreamRunner:
             log.info("stream %s: taken over by another owner; stopping here", sid)
             self.fenced.set()
             return self.status
+        except RedisUnavailable as e:
+            log.error("stream %s: %s; failing it", sid, e)
+            try:
+                return self._finish(StreamStatus.failed, FailureReason.redis_unavailable, str(e))
+            except (Fenced, RedisUnavailable) as again:  # unrecorded: its lease runs out and the supervisor reclaims it
+                log.error("stream %s: could not record its failure (%s)", sid, again)
+                return StreamStatus.failed
         except Exception as e:  # noqa: BLE001 - never a silently dead stream
             log.exception("stream %s: runner crashed", sid)
             try:
@@ -211,14 +255,16 @@ class StreamRunner:
                 self._counted(self.counters.unreported(self.frames_total()))
 
     def _checkpoint(self) -> tuple[float | None, float]:
-        st = StreamState.from_hash(self.a.stream_id, dict(zip(
-            ("last_t0", "started_at"), self.redis.hmget(self.keys.stream(self.a.stream_id), "last_t0", "started_at"))))
+        h = self._durable("checkpoint", self.redis.hmget, self.keys.stream(self.a.stream_id), "last_t0", "started_at")
+        st = StreamState.from_hash(self.a.stream_id, dict(zip(("last_t0", "started_at"), h)))
         return st.last_t0, st.started_at if st.started_at is not None else time.time()
 
     def _run(self) -> StreamStatus:
         sid = self.a.stream_id
+        self.sidecar_cues = sidecar_cues(self.a.subtitles, self.a.url, sid, self.settings)
         last_t0, started_at = self._checkpoint()
-        self.report(StreamStatus.starting, started_at=started_at, owner_pid=str(threading.get_native_id()))
+        self._durable("status", self.report, StreamStatus.starting, started_at=started_at,
+                      owner_pid=str(threading.get_native_id()))
         if last_t0 is not None:
             log.info("stream %s: resuming after the clip at %.3f s", sid, last_t0)
         reader = self._start_reader(last_t0, started_at)
@@ -243,7 +289,7 @@ class StreamRunner:
                     done = self._reader_done
                 if inflight:
                     self._complete_one(inflight)
-            except (Fenced, ValueError):
+            except (Fenced, RedisUnavailable, ValueError):
                 raise
             except Exception as e:  # noqa: BLE001 - a model actor died or failed: retry from the checkpoint
                 log.warning("stream %s: model stage failed: %s", sid, e)
@@ -256,7 +302,7 @@ class StreamRunner:
             else:
                 if self.counters.clips > clips_before and self.status != StreamStatus.running:
                     self.status = StreamStatus.running  # a new clip since the last failure: the source is back
-                    self.report(StreamStatus.running, live=reader.live)
+                    self._durable("status", self.report, StreamStatus.running, live=reader.live)
                     reconnects.recovered()
                 if inflight:
                     continue
@@ -292,7 +338,7 @@ class StreamRunner:
             self.counters.reconnects += 1
             log.info("stream %s: %s; reconnecting in %.1f s (attempt %d)", sid, err, wait, reconnects.in_a_row)
             self.status = StreamStatus.reconnecting
-            self.report(StreamStatus.reconnecting, error=str(err)[:500])
+            self._durable("status", self.report, StreamStatus.reconnecting, error=str(err)[:500])
             if self.stop_requested.wait(wait):
                 continue
             last_t0, started_at = self._checkpoint()
@@ -306,7 +352,7 @@ class StreamRunner:
         inflight.popleft()
         latency = round(max(0.0, time.time() - clip.end_wall), 3) if clip.end_wall is not None else None
         row = tag_result(clip.t0, clip.t1, clip.text, score, latency)
-        if self.sink.commit(self.a.stream_id, self.a.token, row):
+        if self._durable("a clip", self.sink.commit, self.a.stream_id, self.a.token, row):
             self.counters.clips += 1
             if self.metrics is not None:
                 self.metrics.inc("vbs_pipeline_clips_tagged_total")
@@ -331,8 +377,8 @@ class StreamRunner:
             raise
         except Exception as e:  # noqa: BLE001 - counts are best effort; the ending is what must be written
             log.warning("stream %s: last report failed: %s", self.a.stream_id, e)
-        self.sink.finish(self.a.stream_id, self.a.token, status, entry=self.a.entry, error=error, reason=reason,
-                         url=self.a.safe_url)
+        self._durable("the ending", self.sink.finish, self.a.stream_id, self.a.token, status, entry=self.a.entry,
+                      error=error, reason=reason, url=self.a.safe_url)
         log.info("stream %s: %s %s", self.a.stream_id, status.value, f"({reason.value}: {error})" if reason else "")
         return status
 

@@ -49,8 +49,9 @@ for i = 4 + 2 * n, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 
 return tonumber(redis.call('HGET', KEYS[1], 'stop') or '0')
 """
 
-# KEYS: stream hash, dead stream, ingest stream, counters hash. ARGV: token, status, error, reason, now, group,
-# entry id, stream id, safe url, maxlen, channel
+# KEYS: stream hash, dead stream, ingest stream, counters hash, tags stream. ARGV: token, status, error, reason,
+# now, group, entry id, stream id, safe url, maxlen, channel, ttl. The job is acked and its entry deleted (it
+# holds the raw URL, credentials and all); the stream's state and tags expire after the TTL.
 _FINISH = Template("""
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'reason', ARGV[4], 'finished_at', ARGV[5],
@@ -59,7 +60,12 @@ if ARGV[2] == '$failed' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], '*', 'stream_id', ARGV[8], 'entry', ARGV[7], 'url', ARGV[9],
              'reason', ARGV[4], 'error', ARGV[3])
 end
-if ARGV[7] ~= '' then redis.call('XACK', KEYS[3], ARGV[6], ARGV[7]) end
+if ARGV[7] ~= '' then
+  redis.call('XACK', KEYS[3], ARGV[6], ARGV[7])
+  redis.call('XDEL', KEYS[3], ARGV[7])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[12])
+redis.call('EXPIRE', KEYS[5], ARGV[12])
 redis.call('HINCRBY', KEYS[4], 'streams_' .. ARGV[2], 1)
 if ARGV[2] == '$failed' then redis.call('HINCRBY', KEYS[4], 'failures:' .. ARGV[4], 1) end
 redis.call('PUBLISH', ARGV[11], '{"event":"status","status":"' .. ARGV[2] .. '"}')
@@ -98,6 +104,12 @@ class Sink:
     keys: Keys
     tags_maxlen: int = 10_000
     dead_maxlen: int = 10_000
+    ended_ttl_s: int = 7 * 24 * 3600
+
+    @classmethod
+    def of(cls, redis, keys: Keys, settings) -> "Sink":
+        """A sink with the limits of the service's RedisSettings."""
+        return cls(redis, keys, settings.tags_maxlen, settings.dead_maxlen, settings.ended_ttl_s)
 
     def __post_init__(self) -> None:
         self._commit = self.redis.register_script(_COMMIT)
@@ -145,10 +157,11 @@ class Sink:
         all at once. A stream that has moved on is left alone (Fenced)."""
         if not status.terminal:
             raise ValueError(f"finish needs a final status, not {status.value}")
-        r = self._finish(keys=[self.keys.stream(stream_id), self.keys.dead, self.keys.ingest, self.keys.counters],
+        r = self._finish(keys=[self.keys.stream(stream_id), self.keys.dead, self.keys.ingest, self.keys.counters,
+                               self.keys.tags(stream_id)],
                          args=[token, status.value, error[:1000], FailureReason(reason).value if reason else "",
                                f"{time.time():.3f}", self.keys.group, entry, stream_id, url, self.dead_maxlen,
-                               self.keys.live(stream_id)])
+                               self.keys.live(stream_id), self.ended_ttl_s])
         if r == -1:
             raise Fenced(stream_id)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,12 +24,13 @@ from actors.url_policy import redact, scheme_of
 from schemas.config import DecoderSettings
 from schemas.streams import FailureReason
 from videobert import subtitles
-from videobert.reader import ClipCutter, ClipSpec, DecodeCounts, demux, media_offset, text_stream
+from videobert.reader import ClipCutter, ClipSpec, DecodeCounts, FrameTooLarge, demux, media_offset, text_stream
 from videobert.subtitles import Cue
 
 log = logging.getLogger(__name__)
 
 LIVE_SCHEMES = {"udp", "rtp", "srt", "rtmp", "rtmps", "rtsp", "rtsps"}
+MAX_CUES_KEPT = 512  # past this many, a stream's cues that ended before its current clip are let go
 # What FFmpeg may open on behalf of each scheme: an HLS playlist cannot pull in file:// or other protocols.
 _PROTOCOLS = {
     "http": "http,https,tcp,tls,crypto", "https": "http,https,tcp,tls,crypto",
@@ -77,14 +79,22 @@ def open_options(url: str, settings: DecoderSettings) -> dict[str, str]:
 
 
 def _classify_open_error(url: str, e: Exception) -> SourceError:
+    """What an open failure means, from the error's type (PyAV maps FFmpeg's HTTP and socket errors to their
+    own classes); the text is consulted only with the URL taken out of it, since a URL may say "404" or
+    "refused" itself."""
     msg = str(e).replace(url, redact(url))
-    if isinstance(e, (FileNotFoundError, getattr(av.error, "HTTPNotFoundError", FileNotFoundError))) or "404" in msg:
+    said = str(e).replace(url, "").lower()
+    if isinstance(e, (FileNotFoundError, av.error.HTTPNotFoundError)):
         return SourceError("not_found", f"not found: {msg}")
-    if isinstance(e, getattr(av.error, "HTTPForbiddenError", ())) or "403" in msg:
+    if isinstance(e, (av.error.HTTPForbiddenError, av.error.HTTPUnauthorizedError)):
         return SourceError("forbidden", f"forbidden: {msg}")
-    if isinstance(e, (TimeoutError, av.error.ExitError)) or "timed out" in msg.lower():
+    if isinstance(e, av.error.HTTPServerError):
+        return SourceError("server_error", f"the server failed: {msg}", retry=True)
+    if isinstance(e, av.error.HTTPClientError):
+        return SourceError("http_error", f"the server refused the request: {msg}")
+    if isinstance(e, (TimeoutError, av.error.ExitError)) or "timed out" in said:
         return SourceError("timeout", f"no answer within the timeout: {msg}", retry=True)
-    if isinstance(e, (ConnectionError, av.error.ConnectionRefusedError)) or "refused" in msg.lower():
+    if isinstance(e, (ConnectionError, av.error.ConnectionRefusedError)) or "connection refused" in said:
         return SourceError("connection_refused", f"connection refused: {msg}", retry=True)
     if isinstance(e, av.error.InvalidDataError):
         return SourceError("invalid_data", f"not a readable video: {msg}")
@@ -154,7 +164,8 @@ class SourceReader:
             base = 0.0  # stream time minus media time (live: seconds since started_at, fixed at the first frame)
             counts = self.counts = DecodeCounts()
             try:
-                for item in demux(container, vs, text_stream(container), counts, on_packet=self._progress):
+                for item in demux(container, vs, text_stream(container), counts, on_packet=self._progress,
+                                  max_pixels=self.settings.max_frame_pixels):
                     if isinstance(item, Cue):
                         if not embedded:
                             cues, embedded, self.subtitle_source = [], True, "embedded"
@@ -174,6 +185,8 @@ class SourceReader:
                 if cutter is not None:
                     for index, t0, t1, arr in cutter.flush(1.0 / rate):
                         yield self._clip(index, t0, t1, arr, cues, base)
+            except FrameTooLarge as e:
+                raise SourceError("frame_too_large", f"after {counts.frames} frames: {e}") from e
             except av.error.FFmpegError as e:
                 msg = str(e).replace(self.url, redact(self.url))
                 raise SourceError("read_error", f"read error after {counts.frames} frames: {msg}", retry=True) from e
@@ -204,34 +217,92 @@ class SourceReader:
         end_wall = None
         if self.live:  # the wall time the clip's end was on air: its media time + the smallest frame delay
             end_wall = (t1 - base) + self._wall_offset
-        return StreamClip(self._k0 + index, round(t0, 3), round(t1, 3), arr,
-                          subtitles.text_in_window(cues, t0, t1), end_wall)
+        text = subtitles.text_in_window(cues, t0, t1)
+        if len(cues) > MAX_CUES_KEPT:  # a long stream: cues that ended before this clip are never read again
+            cues[:] = [c for c in cues if c.end > t0]
+        return StreamClip(self._k0 + index, round(t0, 3), round(t1, 3), arr, text, end_wall)
 
 
-def sidecar_cues(subtitles_url: str, url: str, stream_id: str) -> list[Cue] | None:
+def sidecar_cues(subtitles_url: str, url: str, stream_id: str, settings: DecoderSettings) -> list[Cue] | None:
     """A stream's sidecar cues: its job's subtitles_url (already answered by the URL policy), else
-    `<file>.srt/.vtt` beside a file. None without one; subtitles are optional, so one that cannot be read is
-    logged and the stream runs without it."""
+    `<file>.srt/.vtt` beside a file. None without one; subtitles are optional, so one that cannot be read (too
+    large, too slow, not text, refused) is logged and the stream runs without it."""
     try:
         if subtitles_url:
-            return subtitles.parse(_fetch_text(subtitles_url))
+            return subtitles.parse_bytes(fetch_bytes(subtitles_url, settings.subtitle_max_bytes,
+                                                     settings.subtitle_fetch_s, settings.read_timeout_s))
         if scheme_of(url) == "file" and (p := subtitles.find_sidecar(url)) is not None:
-            return subtitles.read_sidecar(p)
+            return subtitles.read_sidecar(p, settings.subtitle_max_bytes)
     except Exception as e:  # noqa: BLE001 - subtitles are optional: the stream runs without them
         log.warning("stream %s: ignoring sidecar subtitles: %s", stream_id, str(e)[:200])
     return None
 
 
-def _fetch_text(url: str, limit: int = 2_000_000) -> str:
-    """A sidecar subtitle file over HTTP(S) or from disk, at most `limit` bytes."""
-    if scheme_of(url) == "file":  # an absolute path: check_url resolved it under the media root
+class FetchError(Exception):
+    """A sidecar that could not be fetched; the message says why (never with credentials)."""
+
+
+def fetch_bytes(url: str, limit: int, deadline_s: float, timeout_s: float) -> bytes:
+    """A sidecar file from disk (a path the URL policy answered) or over HTTP(S), at most `limit` bytes, within
+    `deadline_s` seconds in all (a server that drips a byte at a time is cut off there). Redirects are not
+    followed (their target was never checked by the URL policy); HTTPS certificates are verified."""
+    if scheme_of(url) == "file":
         with open(url, "rb") as f:
             data = f.read(limit + 1)
     else:
-        import urllib.request
-
-        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - checked by the URL policy first
-            data = resp.read(limit + 1)
+        data = _http_get(url, limit, deadline_s, timeout_s)
     if len(data) > limit:
-        raise ValueError(f"subtitle file larger than {limit} bytes")
-    return data.decode("utf-8", "replace")
+        raise FetchError(f"subtitle file larger than {limit} bytes")
+    return data
+
+
+def _http_get(url: str, limit: int, deadline_s: float, timeout_s: float) -> bytes:
+    import http.client
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout_s,
+                                           context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+    start = time.monotonic()
+    cut = threading.Event()
+
+    def cut_off() -> None:  # wakes a read that is still waiting at the deadline
+        cut.set()
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    conn.connect()
+    sock = conn.sock  # ours to cut: the connection hands it to the response (and forgets it) once headers are read
+    timer = threading.Timer(max(0.0, deadline_s - (time.monotonic() - start)), cut_off)
+    timer.start()
+    try:
+        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                     headers={"User-Agent": "videobert-stream", "Accept": "text/plain, text/vtt, */*"})
+        resp = conn.getresponse()
+        if 300 <= resp.status < 400:
+            raise FetchError(f"HTTP {resp.status}: a sidecar's redirects are not followed")
+        if resp.status != 200:
+            raise FetchError(f"HTTP {resp.status}")
+        data = bytearray()
+        while len(data) <= limit:
+            chunk = resp.read1(65536)
+            if not chunk:
+                break
+            data += chunk
+        if cut.is_set():
+            raise FetchError(f"not fetched within {deadline_s:.0f} s")
+        return bytes(data)
+    except (OSError, http.client.HTTPException) as e:
+        if cut.is_set():
+            raise FetchError(f"not fetched within {deadline_s:.0f} s") from None
+        raise FetchError(f"{type(e).__name__}: {e}") from None
+    finally:
+        timer.cancel()
+        conn.close()

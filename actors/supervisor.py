@@ -16,16 +16,15 @@ import uuid
 from dataclasses import dataclass
 
 from actors.assignment import Assignment
-from actors.keys import Keys, redis_client
+from actors.keys import Keys, redis_client, redis_down
 from actors.sink import Fenced, Sink
-from actors.url_policy import UrlRefused, check_url, redact
+from actors.control import Refused, admit
+from actors.url_policy import redact
 from schemas.config import Settings
 from schemas.state import StreamState
 from schemas.streams import FailureReason, IngestJob, JobError, StreamStatus
 
 log = logging.getLogger(__name__)
-
-CONSUMER = "supervisor"
 
 
 @dataclass
@@ -40,19 +39,30 @@ class Held:
 
 class Supervisor:
     """`decoders`: name -> handle with `start_stream(assignment)` and `active()` (Ray actor handles: calls go
-    through `call`, which Ray-specific code supplies)."""
+    through `call`, which Ray-specific code supplies).
+
+    Intake rests on Redis Streams' own semantics: each incarnation reads the group under a consumer name of
+    its own, and on start takes over every pending entry (XAUTOCLAIM), whoever held it; the delivery count
+    (XPENDING) tells a job that was handed over and over without ever being taken, a poison pill, which is
+    dead-lettered. The ingest stream is read as bytes and each entry parsed on its own, so no entry, whatever
+    its bytes, can stop the intake: a malformed one is dead-lettered, one whose handling fails is retried on
+    the next tick and given up after `max_deliveries` tries."""
 
     def __init__(self, settings: Settings, decoders: dict, call=None):
         self.settings, self.decoders = settings, decoders
         self.keys = Keys(settings.redis.prefix)
         self.redis = redis_client(settings.redis.url)
+        self.raw = redis_client(settings.redis.url, decode=False)  # the ingest stream, as clients wrote it
+        self.consumer = f"supervisor-{uuid.uuid4().hex[:12]}"
         self.call = call or _ray_call
-        self.sink = Sink(self.redis, self.keys, settings.redis.tags_maxlen, settings.redis.dead_maxlen)
+        self.sink = Sink.of(self.redis, self.keys, settings.redis)
         self.held: dict[str, Held] = {}
+        self.retry: dict[str, tuple] = {}  # entry -> (fields, handler, failed tries): handled again next tick
         self.ingested = 0
-        self._beat = 0.0
+        self._beat = self._pruned = 0.0
+        self._redis_back_at: float | None = time.time()  # since when Redis has answered (None: it does not now)
         self._ensure_group()
-        self._adopt_pending()
+        self._recover()
 
     def _ensure_group(self) -> None:
         import redis
@@ -65,69 +75,116 @@ class Supervisor:
 
     # -- intake ------------------------------------------------------------------------------------------
     def _admit(self, sid: str, entry: str, job: IngestJob, safe: str) -> Assignment | None:
-        """What to open for a job (`safe`: its URL redacted), checked against the URL policy, its label sets
-        checked once; None (and the stream ended as failed, its job acked) when either is refused."""
-        from videobert.labels import check
-
+        """What to open for a job (`safe`: its URL redacted), as actors.control.admit checks it; None (and the
+        stream ended as failed, its job acked) when it is refused."""
         try:
-            check(job.options.label_set)
-        except ValueError as e:
-            log.warning("stream %s: bad options: %s", sid, e)
-            self._fail(sid, entry, FailureReason.bad_options, str(e), safe)
-            return None
-        try:
-            url = check_url(job.url, self.settings.url_policy)
-            subs = check_url(job.subtitles_url, self.settings.url_policy) if job.subtitles_url else ""
-        except UrlRefused as e:
-            log.warning("stream %s: refused: %s", sid, e.reason)
-            self._fail(sid, entry, e.failure, e.reason, safe)
+            url, subs = admit(job, self.settings.url_policy)
+        except Refused as e:
+            log.warning("stream %s: refused (%s): %s", sid, e.reason.value, e)
+            self._fail(sid, entry, e.reason, str(e), safe)
             return None
         return Assignment(sid, job, entry, url, subs, safe_url=safe)
 
-    def _adopt_pending(self) -> None:
-        """After a (re)start: every job still pending for us is either over (ack it) or held again."""
-        resp = self.redis.xreadgroup(self.keys.group, CONSUMER, {self.keys.ingest: "0"}, count=10_000)
-        for _, entries in resp or []:
-            for entry, fields in entries:
-                if fields is None:  # trimmed away
-                    self.redis.xack(self.keys.ingest, self.keys.group, entry)
-                    continue
-                try:
-                    job = IngestJob.from_fields(fields)
-                except JobError:
-                    self.redis.xack(self.keys.ingest, self.keys.group, entry)
-                    continue
-                sid = job.stream_id_for(entry)
-                st = StreamState.from_hash(sid, self.redis.hgetall(self.keys.stream(sid)))
-                if st.entry != entry or st.status.terminal:
-                    self.redis.xack(self.keys.ingest, self.keys.group, entry)
-                    continue
-                a = self._admit(sid, entry, job, st.url or redact(job.url))
-                if a is None:
-                    continue
+    def _recover(self) -> None:
+        """After a (re)start: take over every pending entry of the group (an earlier incarnation's, or any
+        consumer's that is gone) and adopt each; then forget the consumers that hold nothing any more."""
+        start = "0-0"
+        while True:
+            nxt, claimed, *_ = self.raw.xautoclaim(self.keys.ingest, self.keys.group, self.consumer, min_idle_time=0,
+                                                   start_id=start, count=500)
+            for entry, fields in claimed:
+                self._safely(_text(entry), fields, self._adopt)
+            start = _text(nxt)
+            if start == "0-0":
+                break
+        for c in self.redis.xinfo_consumers(self.keys.ingest, self.keys.group):
+            if c["name"] != self.consumer and not c["pending"]:
+                self.redis.xgroup_delconsumer(self.keys.ingest, self.keys.group, c["name"])
+
+    def _deliveries(self, entry: str) -> int:
+        p = self.redis.xpending_range(self.keys.ingest, self.keys.group, min=entry, max=entry, count=1)
+        return int(p[0]["times_delivered"]) if p else 1
+
+    def _adopt(self, entry: str, fields: dict) -> None:
+        """A pending entry found at start: the stream it started is adopted again if it runs, its job acked if
+        it has ended, and a job that was never taken (the supervisor stopped between reading and recording
+        it) is taken now, unless it keeps coming back (a poison pill)."""
+        job = self._parse(entry, fields)
+        if job is None:
+            return
+        sid = job.stream_id_for(entry)
+        st = StreamState.from_hash(sid, self.redis.hgetall(self.keys.stream(sid)))
+        if st.entry == entry:
+            if st.status.terminal:
+                self.redis.xack(self.keys.ingest, self.keys.group, entry)
+                return
+            a = self._admit(sid, entry, job, st.url or redact(job.url))
+            if a is not None:
                 self.held[sid] = Held(a.handed(st.token), decoder=st.owner or None, since=time.time(),
                                       attempts=st.attempts)
                 log.info("stream %s: adopted after a restart (owner %s)", sid, st.owner)
+            return
+        if st.entry and (not st.status.terminal or _entry_key(entry) < _entry_key(st.entry)):
+            self._dead_and_ack(entry, FailureReason.duplicate_stream,
+                               f"stream {sid} belongs to a later job ({st.entry})", url=redact(job.url), stream_id=sid)
+            return
+        deliveries = self._deliveries(entry)
+        if deliveries > self.settings.supervisor.max_deliveries:
+            self._poison(entry, fields, f"delivered {deliveries} times without ever being taken")
+            return
+        log.info("ingest %s: pending but never taken (delivery %d); taking it now", entry, deliveries)
+        self._take_job(entry, job)
 
     def _read_new(self) -> None:
+        for entry, (fields, handle, tries) in list(self.retry.items()):  # what failed last time, first
+            del self.retry[entry]
+            self._safely(entry, fields, handle, tries)
         room = len(self.decoders) * self.settings.decoder.max_streams - len(self.held)
         if room <= 0:
             time.sleep(self.settings.supervisor.poll_ms / 1000)
             return
-        resp = self.redis.xreadgroup(self.keys.group, CONSUMER, {self.keys.ingest: ">"}, count=min(room, 32),
-                                     block=self.settings.supervisor.poll_ms)
+        resp = self.raw.xreadgroup(self.keys.group, self.consumer, {self.keys.ingest: ">"}, count=min(room, 32),
+                                   block=self.settings.supervisor.poll_ms)
         for _, entries in resp or []:
             for entry, fields in entries:
                 self.ingested += 1
-                self._take(entry, fields)
+                self._safely(_text(entry), fields, self._take)
 
-    def _take(self, entry: str, fields: dict) -> None:
+    def _safely(self, entry: str, fields: dict, handle, tries: int = 0) -> None:
+        """`handle(entry, fields)`, and when it raises (a bug, Redis gone for a moment) the entry is kept to be
+        handled again on the next tick; after `max_deliveries` tries it is dead-lettered."""
         try:
-            job = IngestJob.from_fields(fields)
+            handle(entry, fields)
+        except Exception as e:  # noqa: BLE001 - one entry must never stop the intake
+            tries += 1
+            log.exception("ingest %s: handling failed (try %d)", entry, tries)
+            if tries >= self.settings.supervisor.max_deliveries:
+                try:
+                    self._poison(entry, fields, f"handling failed {tries} times: {type(e).__name__}: {e}"[:500])
+                    return
+                except Exception:  # noqa: BLE001 - Redis still gone: keep it for later
+                    log.exception("ingest %s: could not dead-letter it either", entry)
+            self.retry[entry] = (fields, handle, tries)
+
+    def _parse(self, entry: str, fields: dict) -> IngestJob | None:
+        """The job of an entry, or None when it is malformed (then dead-lettered and acked)."""
+        try:
+            return IngestJob.from_raw(fields)
         except JobError as e:
             log.warning("ingest %s: malformed job: %s", entry, e.reason)
-            self._dead_and_ack(entry, FailureReason.malformed_job, e.reason, url=redact(fields.get("url", ""))[:500])
-            return
+            self._dead_and_ack(entry, FailureReason.malformed_job, e.reason, url=_safe_url(fields))
+            return None
+
+    def _poison(self, entry: str, fields: dict, why: str) -> None:
+        log.error("ingest %s: a poison pill (%s); dead-lettered", entry, why)
+        self._dead_and_ack(entry, FailureReason.poison_job, why, url=_safe_url(fields))
+
+    def _take(self, entry: str, fields: dict) -> None:
+        job = self._parse(entry, fields)
+        if job is not None:
+            self._take_job(entry, job)
+
+    def _take_job(self, entry: str, job: IngestJob) -> None:
         sid, safe = job.stream_id_for(entry), redact(job.url)
         if sid in self.held:
             self._dead_and_ack(entry, FailureReason.duplicate_stream, f"stream {sid} is already running",
@@ -214,7 +271,8 @@ class Supervisor:
                 continue
             active = actives.get(h.decoder)
             gone = active is not None and active.get(sid) != h.a.token and now - h.since > 3.0
-            silent = now - (st.heartbeat or 0.0) > lease and now - h.since > lease
+            silent = (now - (st.heartbeat or 0.0) > lease and now - h.since > lease
+                      and now - self._redis_back_at > lease)
             if gone or silent:
                 why = "its decoder no longer runs it" if gone else f"no heartbeat for {lease:.0f} s"
                 self._reclaim(sid, why)
@@ -249,20 +307,66 @@ class Supervisor:
                                    "error": error}, maxlen=self.settings.redis.dead_maxlen, approximate=True)
         pipe.hincrby(self.keys.counters, f"failures:{reason.value}", 1)
         pipe.xack(self.keys.ingest, self.keys.group, entry)
+        pipe.xdel(self.keys.ingest, entry)  # the raw job, credentials and all, is not kept once it is done with
         pipe.execute()
 
     # -- loop ------------------------------------------------------------------------------------------
     def tick(self) -> None:
+        """One round: heartbeat, prune the listing, check the held streams, read new jobs. A Redis outage makes
+        it raise (the actor's loop retries with back-off); the first streams' silence after Redis is back is
+        the outage's, not theirs, so none is reclaimed for silence until a lease has passed since then."""
+        if self._redis_back_at is None:
+            self._redis_back_at = time.time()
+        try:
+            self._tick()
+        except Exception as e:
+            if redis_down(e):
+                self._redis_back_at = None
+            raise
+
+    def _tick(self) -> None:
         now = time.time()
         if now - self._beat > 1.0:
             self._beat = now
             self.redis.set(self.keys.supervisor, f"{now:.3f}", ex=max(5, int(3 * self.settings.supervisor.lease_s)))
+        if now - self._pruned > 60:
+            self._pruned = now
+            self._prune_listing(now)
         self._check()
         self._read_new()
+
+    def _prune_listing(self, now: float) -> int:
+        """Drop from the listing the streams whose state has expired (ended longer than `ended_ttl_s` ago)."""
+        old = self.redis.zrangebyscore(self.keys.streams, "-inf", now - self.settings.redis.ended_ttl_s, start=0,
+                                       num=1000)
+        if not old:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in old:
+            pipe.exists(self.keys.stream(sid))
+        gone = [sid for sid, alive in zip(old, pipe.execute()) if not alive]
+        if gone:
+            self.redis.zrem(self.keys.streams, *gone)
+        return len(gone)
 
     def stats(self) -> dict:
         return {"held": len(self.held), "ingested": self.ingested,
                 "by_decoder": self._load()}
+
+
+def _text(b) -> str:
+    return b.decode() if isinstance(b, bytes) else b
+
+
+def _entry_key(entry: str) -> tuple[int, int]:
+    ms, _, seq = entry.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _safe_url(fields: dict) -> str:
+    """The URL of raw entry fields, credentials masked, for a dead letter (whatever its bytes)."""
+    raw = fields.get(b"url", fields.get("url", b""))
+    return redact(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))[:500]
 
 
 def _ray_call(handle, method: str, *args, timeout: float = 30):

@@ -38,6 +38,7 @@ from schemas.streams import LabelSet, StreamStatus, valid_stream_id
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+MAX_STREAM_SECONDS = 1e12  # stream time beyond this is no clip's (a tag's entry id is its t0 in milliseconds)
 
 
 class ApiError(Exception):
@@ -117,10 +118,15 @@ class Ingress:
     async def create_stream(self, body: StreamRequest, request: Request):
         self._auth(request)
         job = body.to_job()
+        try:  # the checks the supervisor would make, answered now instead of as a failed stream later
+            await asyncio.to_thread(control.admit, job, self.settings.url_policy)
+        except control.Refused as e:
+            raise ApiError(422, e.reason.value, str(e)) from None
         if job.stream_id:
-            status = await self.redis.hget(self.keys.stream(job.stream_id), "status")
-            if status and not StreamStatus(status).terminal:
-                raise ApiError(409, "conflict", f"stream {job.stream_id!r} is {status}; stop it first or use another id")
+            st = await asyncio.to_thread(control.state, self.sync_redis, self.keys, job.stream_id)
+            if st is not None and not st.status.terminal:
+                raise ApiError(409, "conflict", f"stream {job.stream_id!r} is {st.status.value}; stop it first or use "
+                                                "another id")
         done = await asyncio.to_thread(control.submit, self.sync_redis, self.keys, job)
         sid = done.stream_id
         return StreamAccepted(stream_id=sid, entry=done.entry, status=StreamStatus.queued.value,
@@ -157,7 +163,6 @@ class Ingress:
     @api.delete("/v1/streams/{stream_id}", status_code=202)
     async def stop_stream(self, stream_id: str, request: Request):
         self._auth(request)
-        await self._stream(stream_id)  # 404 for an id that is not a stream
         st = await asyncio.to_thread(control.request_stop, self.sync_redis, self.keys, stream_id)
         if st is None:
             raise ApiError(404, "not_found", f"no stream {stream_id!r}")
@@ -166,7 +171,8 @@ class Ingress:
         return {"stream_id": stream_id, "status": "stopping"}
 
     @api.get("/v1/streams/{stream_id}/tags")
-    async def get_tags(self, stream_id: str, request: Request, since: float | None = Query(None, ge=0),
+    async def get_tags(self, stream_id: str, request: Request,
+                       since: float | None = Query(None, ge=0, le=MAX_STREAM_SECONDS, allow_inf_nan=False),
                        limit: int = Query(100, ge=1)):
         from actors.sink import entry_id
 
@@ -286,7 +292,8 @@ def build_app(settings: Settings, with_graph: bool = False):
         autoscaling_config={"min_replicas": t.min_replicas, "max_replicas": t.max_replicas,
                             "target_ongoing_requests": t.target_ongoing_requests},
         ray_actor_options={"num_cpus": t.num_cpus, "num_gpus": t.num_gpus},
-    ).bind(settings.model_dir, t, settings.device, settings.decoder.context_clips, settings.minilm_dir)
+    ).bind(settings.model_dir, t, settings.device, settings.decoder.context_clips, settings.minilm_dir,
+           settings.decoder.max_frame_pixels)
     api = settings.api
     live = {"keys": list(api.keys), "auth_health": api.auth_health, "auth_metrics": api.auth_metrics}
     quiet = settings.model_copy(deep=True)

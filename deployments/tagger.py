@@ -11,7 +11,7 @@ import tempfile
 
 from ray import serve
 
-from schemas.config import TaggerSettings
+from schemas.config import MAX_FRAME_PIXELS, TaggerSettings
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class UploadError(ValueError):
 @serve.deployment(name="tagger")
 class Tagger:
     def __init__(self, model_dir: str, settings: TaggerSettings, device: str = "auto", context_clips: int = 0,
-                 minilm_dir: str | None = None):
+                 minilm_dir: str | None = None, max_frame_pixels: int = MAX_FRAME_PIXELS):
         import torch
 
         from actors.stages import FusionStage, VideoEncoderStage
@@ -40,6 +40,7 @@ class Tagger:
         self.encoder = VideoEncoderStage(model_dir, dev)
         self.fusion = FusionStage(model_dir, dev)
         self.context = context_clips  # as the graph's decoders give the fusion model (DecoderSettings.context_clips)
+        self.max_frame_pixels = max_frame_pixels  # as the graph's decoders refuse frames
         self.tag_clips.set_max_batch_size(settings.max_batch_size)
         self.tag_clips.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         self.batch_sizes: list[int] = []
@@ -64,14 +65,17 @@ class Tagger:
         return {"model": True, "clip": self.encoder.spec.to_dict()}
 
     def _decode(self, data: bytes, max_seconds: float):
-        from videobert.reader import VideoReadError, read_video
+        from videobert.reader import VideoReadError, VideoTooLong, read_video
 
         fd, path = tempfile.mkstemp(suffix=".video")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             try:
-                v = read_video(path, self.encoder.spec)
+                v = read_video(path, self.encoder.spec, max_pixels=self.max_frame_pixels, max_seconds=max_seconds)
+            except VideoTooLong as e:
+                raise UploadError("too_long", f"the clip {e.reason}; at most {max_seconds:.0f} s can be tagged on "
+                                              "demand (push longer videos as streams)", status=413) from e
             except VideoReadError as e:
                 raise UploadError("unreadable_video", f"not a readable video: {e.reason}") from e
         finally:

@@ -224,9 +224,9 @@ def cmd_push(a: argparse.Namespace) -> int:
 
 def _redis_for(a: argparse.Namespace):
     from actors.keys import Keys, redis_client
-    from schemas.config import Settings
+    from ops.up import settings_for
 
-    s = Settings.load(a.config, redis_url=a.redis_url)
+    s = settings_for(a)
     return redis_client(s.redis.url), Keys(s.redis.prefix)
 
 

@@ -200,10 +200,16 @@ class DemoStream:
                 self.proc.kill()
 
 
+def settings_for(args) -> Settings:
+    """The settings a client command reads: --config, else ops/config.toml (what `vbs up` reads)."""
+    return Settings.load(args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None),
+                         redis_url=args.redis_url)
+
+
 def push(args) -> int:
     import json
 
-    settings = Settings.load(args.config, redis_url=args.redis_url)
+    settings = settings_for(args)
     fields = {"url": args.url}
     if args.id:
         fields["stream_id"] = args.id
@@ -215,6 +221,10 @@ def push(args) -> int:
         job = IngestJob.from_fields(fields)
     except JobError as e:
         raise ValueError(f"not a valid job: {e.reason}") from e
+    try:  # the checks the service would make, answered now
+        control.admit(job, settings.url_policy)
+    except control.Refused as e:
+        raise ValueError(f"refused ({e.reason.value}): {e}") from None
     done = control.submit(redis_client(settings.redis.url), Keys(settings.redis.prefix), job)
     print(json.dumps({"entry": done.entry, "stream_id": done.stream_id}))
     return 0

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 MINILM_ENV = "VBS_MINILM_DIR"  # a copy of the MiniLM files elsewhere (a machine without the package)
 MAX_FRAME_PIXELS = 3840 * 2160  # frames larger than 4K are refused, not decoded (streams and files alike)
+MAX_SUBTITLE_BYTES = 2_000_000  # a sidecar subtitle file larger than this is ignored, not parsed
 
 
 class _Strict(BaseModel):
@@ -26,6 +27,9 @@ class RedisSettings(_Strict):
     prefix: str = Field(default="vbs", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     tags_maxlen: int = Field(default=10_000, ge=10)  # entries kept per vbs:tags:{id} (approximate trim)
     dead_maxlen: int = Field(default=10_000, ge=10)
+    # an ended stream's state and tags expire this long after its end (its ingest entry, which holds the raw
+    # URL, is deleted at the end itself)
+    ended_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
 
 
 class UrlPolicy(_Strict):
@@ -58,6 +62,11 @@ class DecoderSettings(_Strict):
     reconnect_max_s: float = Field(default=10.0, gt=0)
     max_reconnects: int = Field(default=20, ge=0)  # consecutive failed connects of a live source before it fails
     max_frame_pixels: int = Field(default=MAX_FRAME_PIXELS, ge=64 * 64)
+    subtitle_max_bytes: int = Field(default=MAX_SUBTITLE_BYTES, ge=1024)  # a larger sidecar is ignored
+    subtitle_fetch_s: float = Field(default=10.0, gt=0)  # a sidecar URL must arrive whole within this
+    # a Redis outage (or OOM) is ridden out this long: streams hold their place (files) or record the gap (live)
+    # and go on when Redis is back; past it, a stream fails as redis_unavailable
+    redis_outage_s: float = Field(default=300.0, gt=0)
     # earlier clips of the same stream given to the fusion model with each clip (the uploads of POST /v1/tag and
     # `vbs tag --context` use the same meaning); 0: each clip alone
     context_clips: int = Field(default=0, ge=0, le=8)
@@ -68,6 +77,9 @@ class SupervisorSettings(_Strict):
     lease_s: float = Field(default=10.0, gt=0)  # no heartbeat for this long: the stream is reclaimed
     poll_ms: int = Field(default=200, ge=10)
     max_attempts: int = Field(default=5, ge=1)  # reclaims of one stream before it fails for good
+    # a job handed to the supervisor this many times without ever being taken (it crashed the supervisor, or
+    # kept failing) is a poison pill: dead-lettered and acked
+    max_deliveries: int = Field(default=5, ge=1)
 
 
 class ApiSettings(_Strict):

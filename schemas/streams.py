@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # use fullmatch: `$` would let "cam-1\n" through
 MAX_URL = 4096
+MAX_OPTIONS = 16_384  # bytes of a job's options JSON
+JOB_FIELDS = ("url", "stream_id", "subtitles_url", "options")
 MAX_SLOTS = 8
 MAX_LABELS = 64
 MASK = "[MASK]"
@@ -54,6 +56,7 @@ class FailureReason(StrEnum):
 
     # the job itself
     malformed_job = "malformed_job"
+    poison_job = "poison_job"  # delivered to the supervisor over and over without ever being taken
     duplicate_stream = "duplicate_stream"
     bad_options = "bad_options"
     # refused by the URL policy (actors/url_policy.py: "refused_" + UrlRefused.code)
@@ -68,6 +71,8 @@ class FailureReason(StrEnum):
     # the source (actors/source.py)
     not_found = "not_found"
     forbidden = "forbidden"
+    server_error = "server_error"  # HTTP 5xx: retried
+    http_error = "http_error"  # another HTTP 4xx
     timeout = "timeout"
     connection_refused = "connection_refused"
     open_failed = "open_failed"
@@ -79,6 +84,7 @@ class FailureReason(StrEnum):
     stalled = "stalled"
     # the graph
     stage_error = "stage_error"
+    redis_unavailable = "redis_unavailable"  # Redis took no write for longer than redis_outage_s
     reclaimed_too_often = "reclaimed_too_often"
     internal = "internal"
     # not a failure: the reason recorded with status `stopped`
@@ -216,17 +222,41 @@ class IngestJob(BaseModel):
         return v
 
     @classmethod
+    def from_raw(cls, fields: dict[bytes, bytes]) -> "IngestJob":
+        """Parse the fields of a Redis stream entry as Redis gives them (bytes, whatever they hold); raises
+        JobError with a safe reason for anything that is not a job, including names or values that are not
+        UTF-8 and fields too large to be one."""
+        out: dict[str, str] = {}
+        for k, v in fields.items():
+            try:
+                name = k.decode("utf-8")
+            except UnicodeDecodeError:
+                raise JobError("a field name is not UTF-8") from None
+            limit = MAX_OPTIONS if name == "options" else MAX_URL
+            if name in JOB_FIELDS and len(v) > limit:
+                raise JobError(f"{name} is longer than {limit} bytes")
+            try:
+                out[name] = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise JobError(f"{name[:64]!r} is not UTF-8") from None
+        return cls.from_fields(out)
+
+    @classmethod
     def from_fields(cls, fields: dict[str, str]) -> "IngestJob":
         """Parse the string fields of a Redis stream entry; raises JobError with a safe reason."""
-        unknown = sorted(set(fields) - {"url", "stream_id", "subtitles_url", "options"})
+        unknown = sorted(set(fields) - set(JOB_FIELDS))
         if unknown:
             raise JobError(f"unknown field(s): {', '.join(unknown)[:200]}")
         data: dict[str, Any] = {k: v for k, v in fields.items() if k != "options" and v != ""}
         if fields.get("options"):
+            if len(fields["options"]) > MAX_OPTIONS:
+                raise JobError(f"options is longer than {MAX_OPTIONS} characters")
             try:
                 data["options"] = json.loads(fields["options"])
             except json.JSONDecodeError as e:
                 raise JobError(f"options is not JSON: {e.msg} at character {e.pos}") from e
+            except RecursionError:
+                raise JobError("options nests too deeply") from None
             if not isinstance(data["options"], dict):
                 raise JobError("options must be a JSON object")
         try:

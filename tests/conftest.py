@@ -68,7 +68,7 @@ def trained_model(tmp_path_factory) -> Path:
     return root
 
 
-OPT_IN = ("soak", "quality")
+OPT_IN = ("soak", "quality", "faults")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -36,6 +36,10 @@ class VideoReadError(Exception):
         self.path, self.reason = str(path), reason
 
 
+class VideoTooLong(VideoReadError):
+    """A video longer than the caller's limit, found before decoding past it."""
+
+
 FITS = ("pad", "stretch")
 
 
@@ -214,11 +218,20 @@ class DecodeCounts:
     errors: int = 0  # packets that failed to decode (skipped)
 
 
-def demux(container, vs, text, counts: DecodeCounts, on_packet: Callable[[], None] | None = None
-          ) -> Iterator[tuple[float, av.VideoFrame] | Cue]:
+class FrameTooLarge(ValueError):
+    """A decoded frame larger than the limit (a stream may switch to a larger size at any frame)."""
+
+    def __init__(self, width: int, height: int, limit: int):
+        super().__init__(f"frames of {width}x{height} exceed the limit of {limit} pixels")
+        self.width, self.height, self.limit = width, height, limit
+
+
+def demux(container, vs, text, counts: DecodeCounts, on_packet: Callable[[], None] | None = None,
+          max_pixels: int = MAX_FRAME_PIXELS) -> Iterator[tuple[float, av.VideoFrame] | Cue]:
     """The one demux/decode loop of every reader: (media time, frame) for each decoded video frame, in
     decode order, and each cue of the text stream `text` (or None) as it comes. A packet that fails to
-    decode is counted and skipped; an error of the container itself (av.error.FFmpegError) is raised."""
+    decode is counted and skipped; an error of the container itself (av.error.FFmpegError) is raised, and
+    FrameTooLarge for any frame over `max_pixels`, the first or the thousandth."""
     offset = media_offset(vs)
     rate = float(vs.average_rate or 25)
     for pkt in container.demux(vs, *([text] if text is not None else [])):
@@ -233,6 +246,8 @@ def demux(container, vs, text, counts: DecodeCounts, on_packet: Callable[[], Non
             counts.errors += 1
             continue
         for frame in frames:
+            if frame.width * frame.height > max_pixels:
+                raise FrameTooLarge(frame.width, frame.height, max_pixels)
             t = (frame.time - offset) if frame.time is not None else counts.frames / rate
             counts.frames += 1
             yield t, frame
@@ -251,9 +266,11 @@ def load_truth(video: str | Path) -> GroundTruth | None:
 
 def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
                windows: list[tuple[float, float]] | None = None, with_text: bool = True,
-               stride: float | None = None, max_pixels: int = MAX_FRAME_PIXELS) -> VideoClips:
+               stride: float | None = None, max_pixels: int = MAX_FRAME_PIXELS,
+               max_seconds: float | None = None) -> VideoClips:
     """Decode one video into clips: the given windows, or windows of spec.seconds every `stride` seconds
-    (default: back to back)."""
+    (default: back to back). With `max_seconds`, a longer video is refused (VideoTooLong) from its declared
+    duration, or as soon as a frame past it is decoded, never after decoding all of it."""
     path = Path(path)
     truth = load_truth(path)
     try:
@@ -267,6 +284,8 @@ def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
         width, height = vs.codec_context.width, vs.codec_context.height
         if width * height > max_pixels:
             raise VideoReadError(path, f"frame too large: {width}x{height}")
+        if max_seconds is not None and container.duration is not None and container.duration / 1e6 > max_seconds + 1:
+            raise VideoTooLong(path, f"lasts {container.duration / 1e6:.1f} s, longer than {max_seconds:.0f} s")
         vs.thread_type = "AUTO"
         rate = float(vs.average_rate or 25)
         cutter = ClipCutter(spec, windows, stride)
@@ -274,13 +293,18 @@ def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
         cues: list[Cue] = []
         counts, last_t = DecodeCounts(), 0.0
         try:
-            for item in demux(container, vs, text_stream(container) if with_text else None, counts):
+            for item in demux(container, vs, text_stream(container) if with_text else None, counts,
+                              max_pixels=max_pixels):
                 if isinstance(item, Cue):
                     cues.append(item)
                     continue
                 t, frame = item
+                if max_seconds is not None and t > max_seconds:
+                    raise VideoTooLong(path, f"runs past {max_seconds:.0f} s")
                 last_t = max(last_t, t)
                 raw.extend(cutter.push(t, frame))
+        except FrameTooLarge as e:
+            raise VideoReadError(path, f"frame too large: {e.width}x{e.height}") from e
         except av.error.FFmpegError as e:
             counts.errors += 1
             log.warning("%s: stopped reading after %d frames: %s", path, counts.frames, e)

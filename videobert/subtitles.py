@@ -10,11 +10,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.config import MAX_SUBTITLE_BYTES
+
 log = logging.getLogger(__name__)
 
 _TIME = r"(?:(\d+):)?(\d{1,2}):(\d{2})[,.](\d{1,3})"
 _TIMING = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}")
-_TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")
+# markup to drop: <i>...</i> tags and {\b1}-style ASS overrides. A tag cannot hold its own opener, which keeps
+# the match linear in time: "<[^>]*>" backtracked over every later character of a run of "<" (quadratic)
+_TAG = re.compile(r"<[^<>]*>|\{\\[^{}]*\}")
 MAX_CUE_CHARS = 2000  # a cue longer than this is garbage, not speech
 
 
@@ -54,7 +58,8 @@ def parse(text: str) -> list[Cue]:
             skipped += 1
             continue
         start, end = _seconds(*m.groups()[:4]), _seconds(*m.groups()[4:])
-        body = clean_text(" ".join(lines[timing_at + 1:]))
+        raw = " ".join(lines[timing_at + 1:])
+        body = clean_text(raw) if len(raw) <= 4 * MAX_CUE_CHARS else ""  # markup is short: past this, garbage
         if end <= start or not body or len(body) > MAX_CUE_CHARS:
             skipped += 1
             continue
@@ -66,18 +71,25 @@ def parse(text: str) -> list[Cue]:
     return sorted(cues, key=lambda c: c.start)
 
 
-def read_sidecar(path: str | Path) -> list[Cue]:
-    """Cues of a .srt or .vtt file; SubtitleError when its bytes are not text."""
-    raw = Path(path).read_bytes()
+def read_sidecar(path: str | Path, max_bytes: int = MAX_SUBTITLE_BYTES) -> list[Cue]:
+    """Cues of a .srt or .vtt file; SubtitleError when its bytes are not text or there are more than
+    `max_bytes` of them."""
+    with open(path, "rb") as f:
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise SubtitleError(f"{path}: larger than {max_bytes} bytes")
+    return parse_bytes(raw, path)
+
+
+def parse_bytes(raw: bytes, source: str | Path = "subtitles") -> list[Cue]:
+    """Cues of subtitle bytes (UTF-8, else Latin-1, which decodes any byte); SubtitleError when they are not
+    text. `source` names them in the error."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        try:
-            text = raw.decode("latin-1")
-        except UnicodeDecodeError as e:  # pragma: no cover - latin-1 decodes any byte
-            raise SubtitleError(f"{path}: not a text file") from e
+        text = raw.decode("latin-1")
     if "\x00" in text:
-        raise SubtitleError(f"{path}: not a text file (NUL bytes)")
+        raise SubtitleError(f"{source}: not a text file (NUL bytes)")
     return parse(text)
 
 

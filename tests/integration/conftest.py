@@ -137,8 +137,10 @@ class RedisServer:
     """A redis-server of the test's own on a free loopback port (for tests that restart, fill or kill Redis):
     a context manager that gives its URL; `restart()` stops it and starts it again on the same port."""
 
-    def __init__(self, directory: Path, *args: str):
-        self.dir, self.args, self.port, self.proc = Path(directory), args, free_port(), None
+    def __init__(self, directory: Path, *args: str, persist: bool = False):
+        self.dir, self.port, self.proc = Path(directory), free_port(), None
+        # persist: an append-only file written at every write, so that a restart keeps everything
+        self.args = (*(("--appendonly", "yes", "--appendfsync", "always") if persist else ("--appendonly", "no")), *args)
 
     def start(self) -> str:
         import shutil
@@ -147,8 +149,8 @@ class RedisServer:
         import redis
 
         self.proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-                                      "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-                                      *self.args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir), *self.args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while True:
             try:

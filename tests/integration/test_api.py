@@ -208,3 +208,40 @@ def test_a_real_prometheus_scrapes_the_service(service, tmp_path):
         assert float(result[0]["value"][1]) >= float(tagged[0].split()[1])
         up = query('up{job="vbs"}')
         assert up and up[0]["value"][1] == "1"
+
+
+def test_odd_but_valid_requests_are_answered_not_500(service):
+    """?since=inf and a stream hash without a status answered 500."""
+    from actors.keys import redis_client
+
+    video = heldout(service)[0]
+    assert service.post("/v1/streams", json={"url": str(video), "stream_id": "api-odd"}).status_code == 202
+    wait_status(service, "api-odd", {"finished", "failed"})
+    for since in ("inf", "nan", "2.78e16", "-1"):
+        r = service.get(f"/v1/streams/api-odd/tags?since={since}")
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request", (since, r.text)
+    r = redis_client(service.settings.redis.url)
+    key = f"{service.settings.redis.prefix}:stream:bare-1"
+    r.hset(key, mapping={"url": "udp://127.0.0.1:5000"})  # a hash without status (written by hand, or half-made)
+    try:
+        got = service.get("/v1/streams/bare-1")
+        assert got.status_code == 200 and got.json()["status"] == "queued"
+        stop = service.delete("/v1/streams/bare-1")
+        assert stop.status_code == 202 and stop.json()["status"] == "stopping"
+    finally:
+        r.delete(key)
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"url": "http://169.254.169.254/latest/meta-data"}, "refused_blocked_address"),
+    ({"url": "/etc/passwd"}, "refused_file_outside_root"),
+    ({"url": "gopher://127.0.0.1/x"}, "refused_scheme"),
+    ({"url": "udp://127.0.0.1:5000", "options": {"template": "watch me [MASK] it",
+                                                 "labels": {"verb": ["photosynthesize"]}}}, "bad_options"),
+])
+def test_a_job_that_cannot_run_is_refused_at_once(service, body, code):
+    """A refused URL got 202 and failed later; now the API makes the supervisor's checks and answers 422."""
+    before = service.get("/v1/streams?limit=500").json()["total"]
+    r = service.post("/v1/streams", json=body)
+    assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text
+    assert service.get("/v1/streams?limit=500").json()["total"] == before, "nothing was queued"

@@ -27,7 +27,7 @@ def keys():
 
 
 def vbs(*args, prefix: str) -> subprocess.CompletedProcess:
-    config = f'[redis]\nprefix = "{prefix}"\n'
+    config = f'[redis]\nprefix = "{prefix}"\n[url_policy]\nallow_loopback = true\n'
     return subprocess.run([sys.executable, "-c", "import sys; from ops.cli import main; sys.exit(main(sys.argv[1:]))",
                            *args, "--config", "/dev/stdin"], input=config, capture_output=True, text=True, timeout=60)
 
@@ -65,3 +65,16 @@ def test_a_stop_leaves_an_ended_stream_as_it_is(keys):
     st = control.request_stop(r, keys, "old")
     assert st.status == StreamStatus.finished and control.state(r, keys, "old").stop is False
     assert control.request_stop(r, keys, "nope") is None and control.request_stop(r, keys, "bad id\n") is None
+
+
+def test_vbs_push_refuses_what_the_service_would_refuse(keys):
+    """`vbs push` ran no check: a refused URL was queued and failed later. Now it exits 2 at once."""
+    r = redis_client(REDIS_URL)
+    out = vbs("push", "http://169.254.169.254/latest/meta-data", prefix=keys.prefix)
+    assert out.returncode == 2 and "refused (refused_blocked_address)" in out.stderr, out.stderr
+    bad = vbs("push", "udp://127.0.0.1:5000", "--options", '{"labels": {"verb": ["grow", "photosynthesize"]}, '
+              '"template": "watch me [MASK] it"}', prefix=keys.prefix)
+    assert bad.returncode == 2 and "bad_options" in bad.stderr and "photosynthesize" in bad.stderr
+    ok = vbs("push", "udp://127.0.0.1:5000", "--id", "cam-9", prefix=keys.prefix)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["stream_id"] == "cam-9"
+    assert r.xlen(keys.ingest) == 1, "only the good job was queued"

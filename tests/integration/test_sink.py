@@ -147,3 +147,19 @@ def test_a_commit_that_redis_refuses_is_an_error_not_a_replay(tmp_path):
         with pytest.raises(redis.ResponseError, match="maxmemory"):
             sink.commit("o", token, row(1.5))
         assert r.xlen(sink.keys.tags("o")) == 1
+
+
+def test_an_ended_stream_leaves_no_raw_job_and_its_keys_expire(sink):
+    """vbs:ingest kept every raw URL, credentials included, after the ack; stream hashes and tags never expired."""
+    sink.ended_ttl_s = 3600
+    entry = sink.redis.xadd(sink.keys.ingest, {"url": "rtsp://admin:hunter2@127.0.0.1/cam"})
+    sink.redis.xreadgroup(sink.keys.group, "t", {sink.keys.ingest: ">"})
+    token = own(sink, "g")
+    sink.commit("g", token, row(0.0))
+    sink.finish("g", token, StreamStatus.finished, entry=entry, url="rtsp://admin:***@127.0.0.1/cam")
+    assert sink.redis.xrange(sink.keys.ingest) == [], "the acked job's entry is deleted"
+    assert 3590 <= sink.redis.ttl(sink.keys.stream("g")) <= 3600 and 3590 <= sink.redis.ttl(sink.keys.tags("g")) <= 3600
+    every = {k: sink.redis.type(k) for k in sink.redis.scan_iter(f"{sink.keys.prefix}:*")}
+    dump = " ".join(str(sink.redis.hgetall(k) if t == "hash" else sink.redis.xrange(k) if t == "stream" else "")
+                    for k, t in every.items())
+    assert "hunter2" not in dump

@@ -4,6 +4,7 @@ what is checked at intake (once, before any decoder sees the stream) and what an
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -13,6 +14,7 @@ from actors.supervisor import Supervisor
 from schemas.config import Settings
 from schemas.state import StreamState
 from schemas.streams import FailureReason, LabelSet, StreamStatus
+from actors.supervisor import _text
 from tests.integration.conftest import REDIS_URL
 
 
@@ -97,3 +99,96 @@ def test_a_stream_id_with_a_trailing_newline_is_malformed(sup):
     (dead,) = [f for _, f in s.redis.xrange(s.keys.dead)]
     assert dead["reason"] == "malformed_job" and dead["entry"] == entry and "stream_id" in dead["error"]
     assert dec.handed == []
+
+
+def restart(s: Supervisor, dec: RecordingDecoder) -> Supervisor:
+    """A new incarnation of the supervisor on the same Redis (its predecessor gone without a word)."""
+    return Supervisor(s.settings, {"dec-0": dec}, call=s.call)
+
+
+def dead_letters(s: Supervisor) -> list[dict]:
+    return [f for _, f in s.redis.xrange(s.keys.dead)]
+
+
+def test_no_entry_whatever_its_bytes_stops_the_intake(sup, tmp_path):
+    """100,000 nested [ raised RecursionError and a field that is not UTF-8 raised UnicodeDecodeError inside
+    XREADGROUP: the tick died mid-batch, the jobs after it stayed pending, and every restart raised again."""
+    s, dec = sup
+    (tmp_path / "v.mp4").write_bytes(b"")
+    nested = s.redis.xadd(s.keys.ingest, {"url": "x", "options": "[" * 10_000})  # within the size limit
+    very = s.redis.xadd(s.keys.ingest, {"url": "x", "options": "[" * 100_000})
+    binary = s.raw.xadd(s.keys.ingest, {b"url": b"\xff\xfe not utf-8", b"stream_id": b"bin-1"})
+    huge = s.redis.xadd(s.keys.ingest, {"url": "x", "options": '{"template": "' + "a" * 100_000 + '"}'})
+    after = push(s, url=str(tmp_path / "v.mp4"), stream_id="after-them")
+    s.tick()
+    assert [e for e, _ in s.redis.xrange(s.keys.ingest)] == [after], "malformed jobs are not kept"
+    reasons = {d["entry"]: (d["reason"], d["error"]) for d in dead_letters(s)}
+    assert reasons[nested] == ("malformed_job", "options nests too deeply")
+    assert reasons[very] == ("malformed_job", "options is longer than 16384 bytes")
+    assert reasons[_text(binary)] == ("malformed_job", "'url' is not UTF-8")
+    assert reasons[huge][0] == "malformed_job" and "longer than" in reasons[huge][1]
+    assert [a.stream_id for a in dec.handed] == ["after-them"]
+    assert s.redis.xpending(s.keys.ingest, s.keys.group)["pending"] == 1  # only the running stream's job
+    again = restart(s, dec)  # a restart meets none of them again
+    assert set(again.held) == {"after-them"}
+
+
+def test_a_job_read_but_never_recorded_is_taken_by_the_next_incarnation(sup, tmp_path):
+    """The supervisor stopped between XREADGROUP and writing the stream's state: its job stayed pending and the
+    next start acked it without running it (a job lost silently)."""
+    s, dec = sup
+    (tmp_path / "v.mp4").write_bytes(b"")
+    entry = push(s, url=str(tmp_path / "v.mp4"), stream_id="orphan")
+    s.redis.xreadgroup(s.keys.group, "supervisor-gone", {s.keys.ingest: ">"})  # read, then the process died
+    assert s.redis.hgetall(s.keys.stream("orphan")) == {}
+    s2 = restart(s, dec)
+    assert [a.stream_id for a in dec.handed] == ["orphan"] and "orphan" in s2.held
+    assert state(s2, "orphan").entry == entry and entry in {p["message_id"] for p in s2.redis.xpending_range(
+        s2.keys.ingest, s2.keys.group, "-", "+", 10)}, "still pending while it runs"
+    consumers = {c["name"] for c in s2.redis.xinfo_consumers(s2.keys.ingest, s2.keys.group)}
+    assert consumers == {s2.consumer}, "one consumer per incarnation; the dead ones are forgotten"
+    assert s2.consumer != s.consumer
+
+
+def test_a_job_delivered_too_often_without_being_taken_is_a_poison_pill(sup, tmp_path):
+    s, dec = sup
+    (tmp_path / "v.mp4").write_bytes(b"")
+    entry = push(s, url=str(tmp_path / "v.mp4"), stream_id="pill")
+    s.redis.xreadgroup(s.keys.group, "supervisor-gone", {s.keys.ingest: ">"})
+    # as if it had crashed the supervisor at every start so far
+    s.redis.execute_command("XCLAIM", s.keys.ingest, s.keys.group, "supervisor-gone", 0, entry, "RETRYCOUNT",
+                            s.settings.supervisor.max_deliveries)
+    restart(s, dec)
+    (d,) = dead_letters(s)
+    assert d["reason"] == FailureReason.poison_job and d["entry"] == entry and "delivered 6 times" in d["error"]
+    assert dec.handed == [] and s.redis.xpending(s.keys.ingest, s.keys.group)["pending"] == 0
+
+
+def test_an_entry_whose_handling_fails_is_retried_then_given_up(sup, tmp_path, monkeypatch):
+    s, dec = sup
+    (tmp_path / "v.mp4").write_bytes(b"")
+    bad = push(s, url=str(tmp_path / "v.mp4"), stream_id="unlucky")
+    real = s._take_job
+
+    def flaky(entry, job):  # injected failure: handling this one entry always raises
+        if job.stream_id == "unlucky":
+            raise ConnectionError("injected")
+        return real(entry, job)
+
+    monkeypatch.setattr(s, "_take_job", flaky)
+    push(s, url=str(tmp_path / "v.mp4"), stream_id="fine")
+    for _ in range(s.settings.supervisor.max_deliveries):
+        s.tick()
+    assert [a.stream_id for a in dec.handed] == ["fine"]
+    (d,) = dead_letters(s)
+    assert d["entry"] == bad and d["reason"] == "poison_job" and "handling failed 5 times: ConnectionError" in d["error"]
+
+
+def test_the_listing_forgets_streams_whose_state_expired(sup):
+    s, _ = sup
+    now = time.time()
+    s.redis.zadd(s.keys.streams, {"expired": now - s.settings.redis.ended_ttl_s - 10,
+                                  "old-but-kept": now - s.settings.redis.ended_ttl_s - 10, "recent": now})
+    s.redis.hset(s.keys.stream("old-but-kept"), mapping=StreamState(stream_id="old-but-kept", status="running").to_hash())
+    assert s._prune_listing(now) == 1
+    assert set(s.redis.zrange(s.keys.streams, 0, -1)) == {"old-but-kept", "recent"}

@@ -1,0 +1,82 @@
+"""How a source's failures are named (actors/source.py): from the error's type, not from words that happen to
+be in the URL; limits held on every frame, not only the first."""
+
+from __future__ import annotations
+
+import http.server
+import subprocess
+import threading
+
+import pytest
+
+from actors.source import SourceError, SourceReader
+from schemas.config import DecoderSettings
+from tests.integration.conftest import free_port
+from videobert.reader import ClipSpec, VideoTooLong, read_video
+
+SETTINGS = DecoderSettings(open_timeout_s=4, read_timeout_s=4)
+
+
+def open_error(url: str, settings: DecoderSettings = SETTINGS) -> SourceError:
+    with pytest.raises(SourceError) as e:
+        list(SourceReader(url, ClipSpec(), settings).clips())
+    return e.value
+
+
+def test_a_refused_connection_is_not_a_404_because_the_url_says_404():
+    """The class came from substrings of the URL text: a refused connection to .../clip404.mp4 was taken for
+    `not_found` and not retried."""
+    e = open_error(f"http://127.0.0.1:{free_port()}/clip404.mp4")
+    assert e.reason == "connection_refused" and e.retry
+
+
+@pytest.mark.parametrize("status, reason, retry", [(404, "not_found", False), (403, "forbidden", False),
+                                                    (500, "server_error", True), (418, "http_error", False)])
+def test_http_statuses_are_named_by_their_class(status, reason, retry):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        e = open_error(f"http://127.0.0.1:{srv.server_address[1]}/v.mp4")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert (e.reason, e.retry) == (reason, retry), str(e)
+
+
+@pytest.fixture(scope="module")
+def switching_ts(tmp_path_factory):
+    """A transport stream that starts at 64x64 and switches to 2048x2048 after a second."""
+    d = tmp_path_factory.mktemp("switch")
+    parts = []
+    for i, size in enumerate(("64x64", "2048x2048")):
+        p = d / f"part{i}.ts"
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc=size={size}:rate=25:duration=1",
+                        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-f", "mpegts", str(p)],
+                       check=True)
+        parts.append(p.read_bytes())
+    out = d / "switch.ts"
+    out.write_bytes(b"".join(parts))
+    return out
+
+
+def test_the_frame_size_limit_holds_on_every_frame(switching_ts):
+    """A stream that switched from 64x64 to 2048x2048 decoded past a 4,096-pixel limit (checked at open only)."""
+    e = open_error(str(switching_ts), DecoderSettings(max_frame_pixels=64 * 64))
+    assert e.reason == "frame_too_large" and "2048x2048 exceed the limit of 4096 pixels" in str(e)
+    with pytest.raises(Exception, match="frame too large: 2048x2048"):
+        read_video(switching_ts, max_pixels=64 * 64)
+
+
+def test_a_video_too_long_is_refused_before_it_is_decoded_whole(trained_model):
+    video = max((trained_model / "data" / "heldout").glob("*.mp4"), key=lambda p: p.stat().st_size)
+    with pytest.raises(VideoTooLong, match="longer than 5 s"):
+        read_video(video, max_seconds=5)
