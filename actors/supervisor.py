@@ -191,7 +191,7 @@ class Supervisor:
                                url=safe, stream_id=sid)
             return
         now = time.time()
-        state = StreamState(stream_id=sid, url=safe, entry=entry, created_at=now, updated_at=now,
+        state = StreamState(stream_id=sid, url=safe, entry=entry, created_at=now, updated_at=now, client=job.client or "",
                             options=job.options.model_dump(mode="json", exclude_none=True))
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.keys.stream(sid), self.keys.tags(sid))  # a stream id used again starts afresh

@@ -15,7 +15,6 @@ Errors are JSON: {"error": {"code": ..., "message": ...}}. With API keys configu
 
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -29,6 +28,8 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors import control
+from deployments.auth import RequireKey
+from deployments.live import Full, LiveHub
 from deployments.tagger import Tagger
 from schemas.api import StreamAccepted, StreamRequest
 from schemas.config import Settings
@@ -38,6 +39,7 @@ from schemas.streams import LabelSet, StreamStatus, valid_stream_id
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+MAX_OTHER_REQUESTS = 256  # requests in flight per ingress replica beside its live clients
 MAX_STREAM_SECONDS = 1e12  # stream time beyond this is no clip's (a tag's entry id is its t0 in milliseconds)
 
 
@@ -75,6 +77,9 @@ async def _http_error(request: Request, e: StarletteHTTPException):
     return JSONResponse(error_body(code, str(e.detail)), status_code=e.status_code)
 
 
+api.add_middleware(RequireKey)
+
+
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
@@ -86,24 +91,25 @@ class Ingress:
         self.redis = redis_client(settings.redis.url, asyncio=True)
         self.sync_redis = redis_client(settings.redis.url)  # what runs in a thread: /metrics, actors.control
         self.page = PAGE.read_text() if PAGE.is_file() else "<h1>videobert-stream</h1>"
+        self.live = LiveHub(self.redis, self.keys.live("*"), settings.api.max_sse_clients)
+        self.reconfigure({"keys": settings.api.keys, "auth_health": settings.api.auth_health,
+                          "auth_metrics": settings.api.auth_metrics})
 
     def reconfigure(self, config: dict) -> None:
         """Live settings (Serve user_config): API keys and what they guard, changed without a restart."""
-        api = self.settings.api
-        api.keys = list(config.get("keys", []))
-        api.auth_health = bool(config.get("auth_health", False))
-        api.auth_metrics = bool(config.get("auth_metrics", False))
+        from deployments import auth  # the module itself: Serve may have copied this class, not that module
 
-    # -- auth ----------------------------------------------------------------------------------------
-    def _auth(self, request: Request, required: bool = True) -> None:
-        keys = self.settings.api.keys
-        if not keys or not required:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else request.query_params.get("access_token", "")
-        if not given or not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
-            raise ApiError(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY)",
-                           headers={"WWW-Authenticate": "Bearer"})
+        auth.configure(auth.Auth(tuple(config.get("keys", [])), bool(config.get("auth_health", False)),
+                                 bool(config.get("auth_metrics", False))))
+
+    async def _running_of(self, client: str) -> int:
+        """How many streams queued with this client's key have not ended (the most recent ones: bounded)."""
+        ids = await self.redis.zrevrange(self.keys.streams, 0, 9_999)
+        pipe = self.redis.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hmget(self.keys.stream(sid), "status", "client")
+        return sum(1 for status, c in await pipe.execute()
+                   if c == client and status is not None and not StreamStatus(status).terminal)
 
     async def _stream(self, stream_id: str) -> StreamState:
         if not valid_stream_id(stream_id):
@@ -116,12 +122,19 @@ class Ingress:
     # -- streams -------------------------------------------------------------------------------------
     @api.post("/v1/streams", status_code=202, response_model=StreamAccepted)
     async def create_stream(self, body: StreamRequest, request: Request):
-        self._auth(request)
         job = body.to_job()
         try:  # the checks the supervisor would make, answered now instead of as a failed stream later
             await asyncio.to_thread(control.admit, job, self.settings.url_policy)
         except control.Refused as e:
             raise ApiError(422, e.reason.value, str(e)) from None
+        client = request.state.client
+        limit = self.settings.api.max_streams_per_key
+        if client != "anonymous" and limit:
+            running = await self._running_of(client)
+            if running >= limit:
+                raise ApiError(429, "too_many_streams", f"this API key runs {running} streams, the most it may; "
+                                                        "stop one or wait for one to end", headers={"Retry-After": "30"})
+            job = job.model_copy(update={"client": client})
         if job.stream_id:
             st = await asyncio.to_thread(control.state, self.sync_redis, self.keys, job.stream_id)
             if st is not None and not st.status.terminal:
@@ -136,7 +149,6 @@ class Ingress:
     @api.get("/v1/streams")
     async def list_streams(self, request: Request, offset: int = Query(0, ge=0),
                            limit: int = Query(50, ge=1), status: StreamStatus | None = None):
-        self._auth(request)
         limit = min(limit, self.settings.api.page_limit)
         total = await self.redis.zcard(self.keys.streams)
         if status is None:
@@ -157,12 +169,10 @@ class Ingress:
 
     @api.get("/v1/streams/{stream_id}")
     async def get_stream(self, stream_id: str, request: Request):
-        self._auth(request)
         return (await self._stream(stream_id)).public()
 
     @api.delete("/v1/streams/{stream_id}", status_code=202)
     async def stop_stream(self, stream_id: str, request: Request):
-        self._auth(request)
         st = await asyncio.to_thread(control.request_stop, self.sync_redis, self.keys, stream_id)
         if st is None:
             raise ApiError(404, "not_found", f"no stream {stream_id!r}")
@@ -176,7 +186,6 @@ class Ingress:
                        limit: int = Query(100, ge=1)):
         from actors.sink import entry_id
 
-        self._auth(request)
         await self._stream(stream_id)
         limit = min(limit, self.settings.api.page_limit)
         start = f"({entry_id(since)}" if since is not None else "-"
@@ -186,33 +195,36 @@ class Ingress:
 
     @api.get("/v1/streams/{stream_id}/events")
     async def events(self, stream_id: str, request: Request):
-        self._auth(request)
         first = (await self._stream(stream_id)).public()
         channel = self.keys.live(stream_id)
+        try:
+            queue = self.live.join(channel)
+        except Full as e:
+            raise ApiError(503, "too_many_clients", f"this replica serves {self.settings.api.max_sse_clients} live "
+                                                    f"clients at most ({e}); try again shortly",
+                           headers={"Retry-After": "5"}) from None
 
         async def feed():
-            pubsub = self.redis.pubsub()
-            await pubsub.subscribe(channel)
             try:
                 yield f"event: status\ndata: {json.dumps({'status': first['status'], 'stream': first})}\n\n"
                 if first.get("latest"):
                     yield f"event: tag\ndata: {json.dumps(first['latest'])}\n\n"
                 last_beat = time.monotonic()
                 while not await request.is_disconnected():
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg is None:
+                    try:
+                        data = await asyncio.wait_for(queue.get(), timeout=1.0)
+                    except asyncio.TimeoutError:
                         if time.monotonic() - last_beat > 15:
                             last_beat = time.monotonic()
                             yield ": keep-alive\n\n"
                         continue
-                    ev = json.loads(msg["data"])
+                    ev = json.loads(data)
                     if ev.get("event") == "tag":
                         yield f"event: tag\ndata: {json.dumps(ev['data'])}\n\n"
                     else:
                         yield f"event: status\ndata: {json.dumps({'status': ev.get('status')})}\n\n"
             finally:
-                await pubsub.unsubscribe(channel)
-                await pubsub.aclose()
+                self.live.leave(channel, queue)
 
         return StreamingResponse(feed(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -221,7 +233,6 @@ class Ingress:
     @api.post("/v1/tag")
     async def tag(self, request: Request, template: str | None = Query(None, max_length=512),
                   labels: str | None = Query(None, description='JSON: {"slot": ["word", ...]}')):
-        self._auth(request)
         limit = self.settings.api.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -246,12 +257,10 @@ class Ingress:
     # -- health, metrics, page -----------------------------------------------------------------------
     @api.get("/healthz")
     async def healthz(self, request: Request):
-        self._auth(request, self.settings.api.auth_health)
         return {"ok": True}
 
     @api.get("/readyz")
     async def readyz(self, request: Request):
-        self._auth(request, self.settings.api.auth_health)
         checks: dict[str, Any] = {}
         try:
             checks["redis"] = bool(await asyncio.wait_for(self.redis.ping(), 3))
@@ -275,7 +284,6 @@ class Ingress:
     async def metrics(self, request: Request):
         from actors.metrics import CONTENT_TYPE, render
 
-        self._auth(request, self.settings.api.auth_metrics)
         text = await asyncio.to_thread(render, self.sync_redis, self.keys)
         return Response(text, media_type=CONTENT_TYPE)
 
@@ -299,7 +307,10 @@ def build_app(settings: Settings, with_graph: bool = False):
     quiet = settings.model_copy(deep=True)
     quiet.api.keys = []  # the keys travel as user_config (reconfigure), so changing them restarts nothing
     graph = GraphKeeper.bind(settings) if with_graph else None
-    return Ingress.options(ray_actor_options={"num_cpus": 0}, user_config=live).bind(quiet, tagger, graph)
+    # every live (SSE) client is a request in flight for as long as it listens: Serve's default of 5 at a time
+    # per replica would queue the sixth client and every request after it
+    return Ingress.options(ray_actor_options={"num_cpus": 0}, user_config=live,
+                           max_ongoing_requests=api.max_sse_clients + MAX_OTHER_REQUESTS).bind(quiet, tagger, graph)
 
 
 def app_builder(args: dict):

@@ -93,6 +93,8 @@ class ApiSettings(_Strict):
     max_upload_bytes: int = Field(default=20_000_000, ge=1024)  # POST /v1/tag bodies (413 above)
     max_upload_seconds: float = Field(default=30.0, gt=0)  # an uploaded clip longer than this is refused
     page_limit: int = Field(default=200, ge=1, le=10_000)  # most items per page of a listing
+    max_sse_clients: int = Field(default=500, ge=1)  # live (SSE) clients per ingress replica; past it 503
+    max_streams_per_key: int = Field(default=100, ge=0)  # streams an API key may run at once (0: no limit); 429
 
 
 class TaggerSettings(_Strict):

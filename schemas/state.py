@@ -64,6 +64,7 @@ class StreamState(BaseModel):
     error: str = ""
     live: bool | None = None
     owner: str = ""  # the decoder that runs it
+    client: str = ""  # who queued it: an API key's opaque id, "" for jobs written to Redis directly
     attempts: int = 0  # reassignments after its decoder died or went silent
     # counters: the sink's scripts and the heartbeats add to them (HINCRBY), across every owner
     clips_tagged: int = 0

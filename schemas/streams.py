@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # use fullmatch: `$` would let "cam-1\n" through
 MAX_URL = 4096
 MAX_OPTIONS = 16_384  # bytes of a job's options JSON
-JOB_FIELDS = ("url", "stream_id", "subtitles_url", "options")
+JOB_FIELDS = ("url", "stream_id", "subtitles_url", "options", "client")
 MAX_SLOTS = 8
 MAX_LABELS = 64
 MASK = "[MASK]"
@@ -212,6 +212,7 @@ class IngestJob(BaseModel):
     stream_id: str | None = None
     subtitles_url: str | None = Field(default=None, max_length=MAX_URL)
     options: StreamOptions = StreamOptions()
+    client: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")  # who queued it (an API key's opaque id)
 
     @field_validator("stream_id")
     @classmethod
@@ -270,6 +271,8 @@ class IngestJob(BaseModel):
             out["stream_id"] = self.stream_id
         if self.subtitles_url:
             out["subtitles_url"] = self.subtitles_url
+        if self.client:
+            out["client"] = self.client
         opts = self.options.model_dump(mode="json", exclude_none=True)
         if opts:
             out["options"] = json.dumps(opts)

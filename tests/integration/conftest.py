@@ -241,6 +241,8 @@ def service(graph) -> Service:
     settings.api.keys = [API_KEY]
     settings.tagger.batch_wait_timeout_s = 0.5  # concurrent uploads land in one batch
     settings.tagger.max_replicas = 1
+    settings.api.max_sse_clients = 6  # small, so that a test can reach the limit
+    settings.api.max_streams_per_key = 3
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(settings), name="vbs", route_prefix="/", blocking=False)
     svc = Service(f"http://127.0.0.1:{port}", settings)

@@ -245,3 +245,87 @@ def test_a_job_that_cannot_run_is_refused_at_once(service, body, code):
     r = service.post("/v1/streams", json=body)
     assert r.status_code == 422 and r.json()["error"]["code"] == code, r.text
     assert service.get("/v1/streams?limit=500").json()["total"] == before, "nothing was queued"
+
+
+def test_the_key_is_checked_before_the_body_is_read(service):
+    """Request bodies were validated before the API key was checked."""
+    for body in (b"{not json", b'{"url": 5, "surprise": 1}'):
+        r = service.post("/v1/streams", key=False, data=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+    assert service.post("/v1/streams", data=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
+
+
+def test_live_clients_share_one_redis_connection_and_are_bounded(service):
+    """Every SSE client held a pooled Redis connection of its own: past about 100, every route of the replica
+    failed. Now they share one pub/sub connection, and past max_sse_clients the answer is 503 + Retry-After."""
+    import socket
+
+    from actors.keys import redis_client
+
+    video = heldout(service)[0]
+    assert service.post("/v1/streams", json={"url": str(video), "stream_id": "api-sse"}).status_code == 202
+    wait_status(service, "api-sse", {"finished", "failed"})
+    r = redis_client(service.settings.redis.url)
+    limit = service.settings.api.max_sse_clients
+    host, port = service.base.removeprefix("http://").split(":")
+
+    def connect() -> tuple[socket.socket, bytes]:  # a client that stays connected, as a browser's EventSource does
+        c = socket.create_connection((host, int(port)), timeout=30)
+        c.sendall(f"GET /v1/streams/api-sse/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}"
+                  "\r\n\r\n".encode())
+        head = c.recv(65536)
+        return c, head
+
+    opened, refused = [], None
+    try:
+        for _ in range(limit + 1):
+            c, head = connect()
+            if head.startswith(b"HTTP/1.1 503"):
+                refused = head if b"too_many_clients" in head else head + c.recv(65536)  # the body, if apart
+                c.close()
+                break
+            assert head.startswith(b"HTTP/1.1 200"), head[:200]
+            opened.append(c)
+        assert refused is not None and len(opened) <= limit, len(opened)
+        assert b"too_many_clients" in refused and b"retry-after: 5" in refused.lower()
+        pubsub = r.client_list(_type="pubsub")
+        assert len(pubsub) == 1, f"{len(opened)} live clients on {len(pubsub)} pub/sub connections"
+        assert service.get("/v1/streams?limit=5").status_code == 200, "the other routes still answer"
+    finally:
+        for c in opened:
+            c.close()
+    deadline = time.monotonic() + 30
+    while True:  # clients that went away free their places
+        c, head = connect()
+        c.close()
+        if head.startswith(b"HTTP/1.1 200") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert head.startswith(b"HTTP/1.1 200")
+
+
+def test_an_api_key_runs_a_bounded_number_of_streams(service):
+    """The design promised a per-key stream limit; there was none."""
+    video = heldout(service)[1]
+    limit = service.settings.api.max_streams_per_key
+    from bench.sources import paced_udp_streams
+
+    with paced_udp_streams(video, limit + 1, reencode=True) as senders:
+        urls = [s.url for s in senders]
+        ids = [f"api-quota-{i}" for i in range(limit)]
+        for sid, url in zip(ids, urls):
+            assert service.post("/v1/streams", json={"url": url, "stream_id": sid}).status_code == 202
+        for sid in ids:
+            wait_status(service, sid, {"starting", "running"}, timeout=60)
+        over = service.post("/v1/streams", json={"url": urls[-1], "stream_id": "api-quota-x"})
+        assert over.status_code == 429 and over.json()["error"]["code"] == "too_many_streams"
+        assert over.headers["Retry-After"] == "30"
+        assert service.get(f"/v1/streams/{ids[0]}").json()["client"], "the stream records its key's opaque id"
+        assert API_KEY not in json.dumps(service.get(f"/v1/streams/{ids[0]}").json())
+        service.delete(f"/v1/streams/{ids[0]}")
+        wait_status(service, ids[0], {"stopped", "failed"}, timeout=30)
+        assert service.post("/v1/streams", json={"url": urls[-1], "stream_id": "api-quota-x"}).status_code == 202
+        for sid in ids[1:] + ["api-quota-x"]:
+            service.delete(f"/v1/streams/{sid}")
+        for sid in ids[1:] + ["api-quota-x"]:
+            wait_status(service, sid, {"stopped", "failed"}, timeout=30)
