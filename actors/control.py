@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import logging
+
 from actors.keys import Keys
-from actors.url_policy import UrlRefused, check_url
+from actors.url_policy import UrlRefused, check_url, scheme_of
 from schemas.config import UrlPolicy
 from schemas.state import StreamState
 from schemas.streams import FailureReason, IngestJob, valid_stream_id
+
+log = logging.getLogger(__name__)
 
 
 class Refused(ValueError):
@@ -38,7 +42,24 @@ def admit(job: IngestJob, policy: UrlPolicy) -> tuple[str, str]:
         subs = check_url(job.subtitles_url, policy) if job.subtitles_url else ""
     except UrlRefused as e:
         raise Refused(e.failure, e.reason) from None
+    if not subs and scheme_of(url) == "file":
+        subs = _beside(url, policy)
     return url, subs
+
+
+def _beside(video: str, policy: UrlPolicy) -> str:
+    """A file's automatic sidecar `<name>.srt`/`.vtt`, held to the media root like the file itself (it may be
+    a link out of it); "" without one the policy allows."""
+    from videobert.subtitles import find_sidecar
+
+    p = find_sidecar(video)
+    if p is None:
+        return ""
+    try:
+        return check_url(str(p), policy)
+    except UrlRefused as e:
+        log.warning("ignoring the sidecar beside %s: %s", video, e.reason)
+        return ""
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,7 @@ class StreamRunner:
 
     def _run(self) -> StreamStatus:
         sid = self.a.stream_id
-        self.sidecar_cues = sidecar_cues(self.a.subtitles, self.a.url, sid, self.settings)
+        self.sidecar_cues = sidecar_cues(self.a.subtitles, sid, self.settings)
         last_t0, started_at = self._checkpoint()
         self._durable("status", self.report, StreamStatus.starting, started_at=started_at,
                       owner_pid=str(threading.get_native_id()))

@@ -223,16 +223,14 @@ class SourceReader:
         return StreamClip(self._k0 + index, round(t0, 3), round(t1, 3), arr, text, end_wall)
 
 
-def sidecar_cues(subtitles_url: str, url: str, stream_id: str, settings: DecoderSettings) -> list[Cue] | None:
-    """A stream's sidecar cues: its job's subtitles_url (already answered by the URL policy), else
-    `<file>.srt/.vtt` beside a file. None without one; subtitles are optional, so one that cannot be read (too
-    large, too slow, not text, refused) is logged and the stream runs without it."""
+def sidecar_cues(subtitles_url: str, stream_id: str, settings: DecoderSettings) -> list[Cue] | None:
+    """A stream's sidecar cues, from what the URL policy answered for it (actors.control.admit: the job's
+    subtitles_url, else a file's own `<name>.srt/.vtt` under the media root). None without one; subtitles are
+    optional, so one that cannot be read (too large, too slow, not text) is logged and the stream runs without."""
     try:
         if subtitles_url:
             return subtitles.parse_bytes(fetch_bytes(subtitles_url, settings.subtitle_max_bytes,
                                                      settings.subtitle_fetch_s, settings.read_timeout_s))
-        if scheme_of(url) == "file" and (p := subtitles.find_sidecar(url)) is not None:
-            return subtitles.read_sidecar(p, settings.subtitle_max_bytes)
     except Exception as e:  # noqa: BLE001 - subtitles are optional: the stream runs without them
         log.warning("stream %s: ignoring sidecar subtitles: %s", stream_id, str(e)[:200])
     return None

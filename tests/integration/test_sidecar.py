@@ -51,7 +51,7 @@ def test_a_sidecar_over_http_is_fetched():
 
     with Server(ok) as srv:
         assert fetch_bytes(srv.url, 10_000, 5, 5) == SRT
-        assert sidecar_cues(srv.url, "http://x/v.mp4", "s1", DecoderSettings()) == [Cue(1.0, 2.0, "now grow the circle")]
+        assert sidecar_cues(srv.url, "s1", DecoderSettings()) == [Cue(1.0, 2.0, "now grow the circle")]
 
 
 def test_a_server_that_drips_is_cut_off_at_the_deadline():
@@ -83,14 +83,33 @@ def test_a_redirect_is_not_followed():
     with Server(redirect) as srv:
         with pytest.raises(FetchError, match="redirects are not followed"):
             fetch_bytes(srv.url, 10_000, 5, 5)
-        assert sidecar_cues(srv.url, "http://x/v.mp4", "s1", DecoderSettings()) is None  # the stream runs without
+        assert sidecar_cues(srv.url, "s1", DecoderSettings()) is None  # the stream runs without
 
 
 def test_a_sidecar_larger_than_the_limit_is_ignored(tmp_path):
-    video = tmp_path / "v.mp4"
     (tmp_path / "v.srt").write_bytes(SRT * 100)
-    assert sidecar_cues("", str(video), "s1", DecoderSettings(subtitle_max_bytes=1024)) is None
-    assert sidecar_cues("", str(video), "s1", DecoderSettings())[0].text == "now grow the circle"
+    assert sidecar_cues(str(tmp_path / "v.srt"), "s1", DecoderSettings(subtitle_max_bytes=1024)) is None
+    assert sidecar_cues(str(tmp_path / "v.srt"), "s1", DecoderSettings())[0].text == "now grow the circle"
+
+
+def test_a_file_s_own_sidecar_is_held_to_the_media_root(tmp_path):
+    """The automatic sidecar <video>.srt followed a symlink out of the media root (a probe read a secrets file
+    through it). Now it passes the URL policy like the video: a link out of the root is ignored."""
+    from actors.control import admit
+    from schemas.config import UrlPolicy
+    from schemas.streams import IngestJob
+
+    root, outside = tmp_path / "media", tmp_path / "secrets"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "token.srt").write_bytes(b"1\n00:00:01,000 --> 00:00:02,000\nthe secret\n")
+    (root / "a.mp4").write_bytes(b"")
+    (root / "a.srt").symlink_to(outside / "token.srt")
+    (root / "b.mp4").write_bytes(b"")
+    (root / "b.srt").write_bytes(SRT)
+    policy = UrlPolicy(media_root=str(root))
+    assert admit(IngestJob(url="a.mp4"), policy) == (str(root / "a.mp4"), "")
+    assert admit(IngestJob(url="b.mp4"), policy) == (str(root / "b.mp4"), str(root / "b.srt"))
 
 
 def test_a_long_stream_lets_go_of_cues_it_has_passed():
