@@ -189,9 +189,9 @@ class StreamRunner:
     def _durable(self, what: str, fn, *args, **kwargs):
         """`fn` (a write to Redis, or a read the stream cannot go on without), ridden through a Redis outage:
         while Redis is down or out of memory, tried again with back-off and jitter for up to `redis_outage_s`
-        from the first failed try (the client's own retries count in it), the stream meanwhile holding its place (a file's reader waits
-        on the full buffer; a live one drops its oldest clips, recorded as clips_dropped). Past that,
-        RedisUnavailable."""
+        from the first failed try (the client's own retries count in it), the stream meanwhile holding its
+        place (a file's reader waits on the full buffer; a live one drops its oldest clips, recorded as
+        clips_dropped). Past that, RedisUnavailable."""
         first, wait = None, 0.5
         while True:
             tried = time.monotonic()
@@ -247,6 +247,9 @@ class StreamRunner:
             except Fenced:
                 self.fenced.set()
                 return self.status
+            except RedisUnavailable as again:  # unrecorded: its lease runs out and the supervisor reclaims it
+                log.error("stream %s: could not record its failure (%s)", sid, again)
+                return StreamStatus.failed
         finally:
             with self._cond:
                 self._generation += 1  # any reader still running is now abandoned

@@ -161,3 +161,9 @@ class Settings(_Strict):
 def minilm_dir_from(env: dict[str, str] | None = None) -> str | None:
     """VBS_MINILM_DIR, for the commands that run without the service's settings."""
     return (os.environ if env is None else env).get(MINILM_ENV) or None
+
+
+def onednn_isa_cap(env: dict[str, str] | None = None) -> str | None:
+    """The instruction-set cap oneDNN was given (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA)."""
+    env = os.environ if env is None else env
+    return env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or None

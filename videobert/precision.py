@@ -2,7 +2,8 @@
 
 "auto" picks bf16 on a CUDA device that supports it and on a CPU with bf16 instructions (AMX or AVX512-BF16,
 read from /proc/cpuinfo), where oneDNN runs convolutions and matrix products in bf16 much faster than in
-float32 (`python -m bench.train_precision` measures it); float32 everywhere else (an older CPU emulates bf16, which is slower).
+float32 (`python -m bench.train_precision` measures it); float32 everywhere else (an older CPU, or oneDNN capped
+below bf16 with ONEDNN_MAX_CPU_ISA, emulates bf16, which is slower).
 Weights, optimiser state and losses stay float32; only the forward pass's matrix work runs in bf16."""
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ import torch
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+# oneDNN's instruction sets with native bf16 (its ONEDNN_MAX_CPU_ISA names); a cap below them emulates bf16
+BF16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
+             "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "DEFAULT", "ALL"}
+
+
 @lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has bf16 instructions (Linux: the amx_bf16 or avx512_bf16 flag)."""
+    """True when the CPU has bf16 instructions (Linux: the amx_bf16 or avx512_bf16 flag) and oneDNN may use
+    them (an ONEDNN_MAX_CPU_ISA cap below them, say AVX2, makes bf16 emulated and slow)."""
+    from schemas.config import onednn_isa_cap
+
+    cap = onednn_isa_cap()
+    if cap is not None and cap.upper() not in BF16_ISAS:
+        return False
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -54,3 +54,22 @@ def test_precision_benchmark_writes_both_precisions_side_by_side(tmp_path):
     for name in ("encoder", "videobert"):
         s = r[name]["seconds_per_step"]
         assert s["fp32"] > 0 and s["bf16"] > 0 and abs(r[name]["bf16_speedup"] - s["fp32"] / s["bf16"]) < 0.05
+
+
+def test_auto_is_fp32_when_onednn_is_held_below_bf16(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN emulate bf16 (several times slower): auto must not pick it there."""
+    from schemas.config import onednn_isa_cap
+
+    assert onednn_isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX2"}) == "AVX2" and onednn_isa_cap({}) is None
+    try:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+        precision.cpu_has_fast_bf16.cache_clear()
+        assert precision.cpu_has_fast_bf16() is False and precision.resolve("auto", "cpu") == "fp32"
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+        precision.cpu_has_fast_bf16.cache_clear()
+        uncapped = precision.cpu_has_fast_bf16()
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        precision.cpu_has_fast_bf16.cache_clear()
+        assert uncapped == precision.cpu_has_fast_bf16(), "a cap at or above bf16 leaves the hardware to decide"
+    finally:
+        precision.cpu_has_fast_bf16.cache_clear()
