@@ -22,15 +22,15 @@ from videobert.precision import autocast, cpu_has_fast_bf16
 from videobert.train_encoder import augment
 
 
-def encoder_step(device: torch.device, precision: str):
+def encoder_step(device: torch.device, precision: str, clips: int = 96):
     enc = build_encoder("conv3d-small").to(device).to(memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(enc.parameters(), lr=1e-3, fused=True)
     gen = torch.Generator().manual_seed(0)
-    clips = torch.randint(0, 256, (96, 8, 64, 64, 3), dtype=torch.uint8, generator=gen)
+    batch = torch.randint(0, 256, (clips, 8, 64, 64, 3), dtype=torch.uint8, generator=gen)
 
     def step() -> None:
         with autocast(device, precision):
-            feats = enc(augment(clips, gen).to(device)).float()
+            feats = enc(augment(batch, gen).to(device)).float()
         loss = feats.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -39,16 +39,16 @@ def encoder_step(device: torch.device, precision: str):
     return step
 
 
-def videobert_step(device: torch.device, precision: str):
+def videobert_step(device: torch.device, precision: str, sequences: int = 32):
     cfg = VideoBertConfig(visual_vocab_size=144)
     model = VideoBertForPreTraining.from_minilm(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 30000, (32, 36), generator=gen)
+    ids = torch.randint(1000, 30000, (sequences, 36), generator=gen)
     labels = torch.full_like(ids, IGNORE)
     labels[:, 3:8] = ids[:, 3:8]
     batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": torch.ones_like(ids),
-             "mlm_labels": labels, "align_labels": torch.randint(0, 2, (32,), generator=gen)}
+             "mlm_labels": labels, "align_labels": torch.randint(0, 2, (sequences,), generator=gen)}
     batch = {k: v.to(device) for k, v in batch.items()}
 
     def step() -> None:
@@ -62,11 +62,11 @@ def videobert_step(device: torch.device, precision: str):
     return step
 
 
-def measure(make, device: torch.device, rounds: int, steps: int) -> dict:
-    runners = {p: make(device, p) for p in ("fp32", "bf16")}
+def measure(make, device: torch.device, rounds: int, steps: int, size: int, warmup: int = 2) -> dict:
+    runners = {p: make(device, p, size) for p in ("fp32", "bf16")}
     for run in runners.values():  # warm-up: first calls pick kernels and allocate
-        run()
-        run()
+        for _ in range(warmup):
+            run()
     times: dict[str, list[float]] = {p: [] for p in runners}
     for _ in range(rounds):
         for p, run in runners.items():
@@ -90,14 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="rounds of each precision, alternating (default 5)")
     ap.add_argument("--steps", type=int, default=5, help="training steps per round (default 5)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    ap.add_argument("--clips", type=int, default=96, help="clips in the encoder's batch (default 96, the trainer's)")
+    ap.add_argument("--sequences", type=int, default=32,
+                    help="sequences in VideoBERT's batch (default 32, the trainer's)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps of each precision first (default 2)")
     a = ap.parse_args(argv)
     device = pick_device(a.device)
     if device.type == "cpu" and not cpu_has_fast_bf16():
         print("note: this CPU has no bf16 instructions; bf16 is emulated here and `auto` would pick fp32")
     result = {"device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "fast_bf16_cpu": cpu_has_fast_bf16(), "rounds": a.rounds, "steps_per_round": a.steps,
-              "encoder": measure(encoder_step, device, a.rounds, a.steps),
-              "videobert": measure(videobert_step, device, a.rounds, a.steps)}
+              "clips": a.clips, "sequences": a.sequences,
+              "encoder": measure(encoder_step, device, a.rounds, a.steps, a.clips, a.warmup),
+              "videobert": measure(videobert_step, device, a.rounds, a.steps, a.sequences, a.warmup)}
     write_result(a.out, result)
     for name in ("encoder", "videobert"):
         r = result[name]

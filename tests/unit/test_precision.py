@@ -49,8 +49,11 @@ def test_precision_benchmark_writes_both_precisions_side_by_side(tmp_path):
     from bench import train_precision
 
     out = tmp_path / "p.json"
-    assert train_precision.main(["--out", str(out), "--rounds", "1", "--steps", "1", "--device", "cpu"]) == 0
+    # small batches: this checks the report, not the speed (bf16 is emulated, and slow, on a CPU without it)
+    assert train_precision.main(["--out", str(out), "--rounds", "1", "--steps", "1", "--device", "cpu", "--clips", "8",
+                                 "--sequences", "4", "--warmup", "1"]) == 0
     r = json.loads(out.read_text())
+    assert (r["clips"], r["sequences"]) == (8, 4)
     for name in ("encoder", "videobert"):
         s = r[name]["seconds_per_step"]
         assert s["fp32"] > 0 and s["bf16"] > 0 and abs(r[name]["bf16_speedup"] - s["fp32"] / s["bf16"]) < 0.05
