@@ -16,6 +16,9 @@ from schemas.state import StreamState
 from schemas.streams import FailureReason, IngestJob, valid_stream_id
 
 log = logging.getLogger(__name__)
+# TLS schemes whose FFmpeg clients never check the server's certificate (they give the TLS layer no options):
+# such a stream runs only when its job says options.tls_verify = false
+UNVERIFIED_TLS = {"rtsps", "rtmps"}
 
 
 class Refused(ValueError):
@@ -37,6 +40,9 @@ def admit(job: IngestJob, policy: UrlPolicy) -> tuple[str, str]:
             check(job.options.label_set)
         except ValueError as e:
             raise Refused(FailureReason.bad_options, str(e)) from None
+    if scheme_of(job.url) in UNVERIFIED_TLS and job.options.tls_verify:
+        raise Refused(FailureReason.tls_error, f"FFmpeg's {scheme_of(job.url)} client cannot verify certificates; "
+                                               "set options.tls_verify = false to accept this source unverified")
     try:
         url = check_url(job.url, policy)
         subs = check_url(job.subtitles_url, policy) if job.subtitles_url else ""

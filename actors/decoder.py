@@ -62,7 +62,7 @@ class DecoderActor:
             if old is not None:
                 old.fenced.set()
         runner = StreamRunner(a, self._pipeline(hash(a.stream_id)), self.sink, self._clip_spec(), self.settings.decoder,
-                              self.redis, self.keys, self.metrics, owner=self.name)
+                              self.redis, self.keys, self.metrics, owner=self.name, policy=self.settings.url_policy)
         with self._lock:
             self.runners[a.stream_id] = runner
         threading.Thread(target=self._run, args=(runner,), daemon=True, name=f"stream-{a.stream_id}").start()

@@ -19,10 +19,10 @@ from actors.assignment import Assignment
 from actors.keys import redis_down
 from actors.pipeline import Pipeline
 from actors.sink import Fenced, Sink
-from actors.source import SourceError, SourceReader, StreamClip, sidecar_cues
+from actors.source import TRUSTED, SourceError, SourceReader, StreamClip, sidecar_cues
 from actors.stages import FusionItem
 from actors.url_policy import scheme_of
-from schemas.config import DecoderSettings
+from schemas.config import DecoderSettings, UrlPolicy
 from schemas.state import StreamState
 from schemas.streams import BackPressure, FailureReason, StreamStatus
 from videobert.reader import ClipSpec
@@ -36,6 +36,7 @@ class RedisUnavailable(Exception):
 
 # stream-state counter -> the metric that counts the same thing across every stream
 METRIC_OF = {"frames_decoded": "vbs_decoder_frames_decoded_total", "clips_dropped": "vbs_decoder_clips_dropped_total",
+             "clips_missed": "vbs_decoder_clips_missed_total", "live_gaps": "vbs_decoder_live_gaps_total",
              "reconnects": "vbs_decoder_reconnects_total"}
 
 
@@ -47,13 +48,16 @@ class Counters:
     frames: int = 0  # decoded by readers that have ended (the running reader counts its own)
     clips: int = 0
     dropped: int = 0
+    missed: int = 0  # live clips on the grid never read (the source was away)
+    gaps: int = 0  # runs of them
     reconnects: int = 0
     replayed: int = 0
     latencies: list[float] = field(default_factory=list)  # live end-to-end, recent
     _reported: dict[str, int] = field(default_factory=dict)
 
     def unreported(self, frames_now: int) -> dict[str, int]:
-        now = {"frames_decoded": frames_now, "clips_dropped": self.dropped, "reconnects": self.reconnects}
+        now = {"frames_decoded": frames_now, "clips_dropped": self.dropped, "clips_missed": self.missed,
+               "live_gaps": self.gaps, "reconnects": self.reconnects}
         return {k: v - self._reported.get(k, 0) for k, v in now.items() if v != self._reported.get(k, 0)}
 
     def reported(self, deltas: dict[str, int]) -> None:
@@ -92,8 +96,9 @@ class StreamRunner:
     """Runs one stream until it ends, fails, is stopped or is taken away (fenced)."""
 
     def __init__(self, a: Assignment, pipeline: Pipeline, sink: Sink, spec: ClipSpec, settings: DecoderSettings,
-                 redis, keys, metrics=None, owner: str = ""):
+                 redis, keys, metrics=None, owner: str = "", policy: UrlPolicy = TRUSTED):
         self.a, self.pipeline, self.sink, self.spec, self.settings = a, pipeline, sink, spec, settings
+        self.policy = policy  # every connection the stream makes is held to it (actors.fetch)
         self.metrics = metrics  # actors.metrics.Metrics, or None (tests, benchmarks)
         self.redis, self.keys, self.owner = redis, keys, owner
         self.sidecar_cues = None  # read in the stream's own thread when it starts (never in the actor's call)
@@ -106,6 +111,7 @@ class StreamRunner:
         self._reader_done: SourceError | bool | None = None  # True: clean end; SourceError: failure
         self._generation = 0
         self._reader: SourceReader | None = None
+        self._last_index: int | None = None  # the grid index of the last clip read (or committed, at a restart)
         self._report_lock = threading.Lock()
         opts = a.job.options
         self.stride = 1.0 / opts.clip_rate if opts.clip_rate else spec.seconds
@@ -119,6 +125,7 @@ class StreamRunner:
                 with self._cond:
                     if generation != self._generation:
                         return  # abandoned by the watchdog: a newer reader owns the stream
+                    self._mind_the_gap(reader, clip)
                     if self.a.job.options.policy(reader.live) == BackPressure.drop_oldest:
                         if len(self._buffer) >= self.settings.max_in_flight:
                             self._buffer.popleft()
@@ -143,6 +150,14 @@ class StreamRunner:
                     self._reader_done = outcome
                     self._cond.notify_all()
 
+    def _mind_the_gap(self, reader: SourceReader, clip: StreamClip) -> None:
+        """Count the clips a live stream skipped since the last one read or committed: a reconnect, a resume on
+        another decoder, an outage. (A file resumes where it stopped and skips nothing.)"""
+        if reader.live and self._last_index is not None and clip.index > self._last_index + 1:
+            self.counters.gaps += 1
+            self.counters.missed += clip.index - self._last_index - 1
+        self._last_index = clip.index if self._last_index is None else max(self._last_index, clip.index)
+
     def frames_total(self) -> int:
         reader = self._reader
         return self.counters.frames + (reader.frames_decoded if reader is not None else 0)
@@ -160,8 +175,11 @@ class StreamRunner:
             self._generation += 1
             self._reader_done = None
             gen = self._generation
+            # the gap is counted from the last clip committed: clips read but never committed are missed too
+            self._last_index = None if resume_after is None else round(resume_after / self.stride)
         reader = SourceReader(self.a.url, self.spec, self.settings, stride=self.stride, resume_after=resume_after,
-                              live=self.a.job.options.live, started_at=started_at, sidecar_cues=self.sidecar_cues)
+                              live=self.a.job.options.live, started_at=started_at, sidecar_cues=self.sidecar_cues,
+                              policy=self.policy, tls_verify=self.a.job.options.tls_verify)
         self._reader = reader
         threading.Thread(target=self._read, args=(gen, reader), daemon=True,
                          name=f"read-{self.a.stream_id}-{gen}").start()
@@ -264,7 +282,8 @@ class StreamRunner:
 
     def _run(self) -> StreamStatus:
         sid = self.a.stream_id
-        self.sidecar_cues = sidecar_cues(self.a.subtitles, sid, self.settings)
+        self.sidecar_cues = sidecar_cues(self.a.subtitles, sid, self.settings, self.policy,
+                                         self.a.job.options.tls_verify)
         last_t0, started_at = self._checkpoint()
         self._durable("status", self.report, StreamStatus.starting, started_at=started_at,
                       owner_pid=str(threading.get_native_id()))

@@ -82,7 +82,7 @@ return 1
 """).substitute(queued=StreamStatus.queued.value)
 
 SCRIPTS = {"commit": _COMMIT, "heartbeat": _HEARTBEAT, "finish": _FINISH, "release": _RELEASE}
-COUNTERS = ("clips_tagged", "clips_dropped", "frames_decoded", "reconnects")  # the fields heartbeats add to
+COUNTERS = ("clips_tagged", "clips_dropped", "clips_missed", "live_gaps", "frames_decoded", "reconnects")  # the fields heartbeats add to
 
 
 class Fenced(Exception):

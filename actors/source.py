@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import threading
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from actors.url_policy import redact, scheme_of
-from schemas.config import DecoderSettings
+from actors.fetch import GUARDED_SCHEMES, FetchError, PlaylistLoop, PolicyOpener, http_get
+from actors.url_policy import UrlRefused, check_url, pinned, redact, scheme_of
+from schemas.config import DecoderSettings, UrlPolicy
 from schemas.streams import FailureReason
 from videobert import subtitles
 from videobert.reader import ClipCutter, ClipSpec, DecodeCounts, FrameTooLarge, demux, media_offset, text_stream
@@ -38,6 +39,30 @@ _PROTOCOLS = {
     "rtmp": "rtmp,tcp", "rtmps": "rtmps,rtmp,tcp,tls", "udp": "udp", "rtp": "rtp,udp", "srt": "srt",
     "file": "file",
 }
+# What a caller that checked its URL itself opens under (tests, benchmarks): files anywhere, any address. The
+# decoders pass the service's policy.
+TRUSTED = UrlPolicy(media_root="/", allow_private=True, allow_loopback=True)
+# Demuxers that open other resources behind PyAV's io_open (concat: any file; sdp, rtp, rtsp: network
+# addresses named in the file) or read devices are never used for a file or HTTP source.
+_UNSAFE_DEMUXERS = {"concat", "lavfi", "sdp", "rtp", "rtsp", "sap", "alsa", "oss", "fbdev", "kmsgrab", "x11grab",
+                    "video4linux2,v4l2"}
+_demuxer_list: str | None = None
+
+
+def _safe_demuxers() -> str:
+    """FFmpeg's format_whitelist for guarded sources: every demuxer this FFmpeg has but the unsafe ones."""
+    global _demuxer_list
+    if _demuxer_list is None:
+        names = []
+        for name in sorted(av.formats_available):
+            try:
+                av.format.ContainerFormat(name, "r")
+            except ValueError:  # a muxer only
+                continue
+            if name not in _UNSAFE_DEMUXERS:
+                names.append(name)
+        _demuxer_list = ",".join(names)
+    return _demuxer_list
 
 
 class SourceError(Exception):
@@ -62,6 +87,9 @@ class StreamClip:
 def open_options(url: str, settings: DecoderSettings) -> dict[str, str]:
     scheme = scheme_of(url)
     opts = {"protocol_whitelist": _PROTOCOLS.get(scheme, scheme)}
+    if scheme in GUARDED_SCHEMES:  # opened through actors.fetch.PolicyOpener
+        # http_persistent: HLS would reuse FFmpeg's own HTTP connection, which a Python opener does not have
+        opts |= {"format_whitelist": _safe_demuxers(), "http_persistent": "0"}
     us = str(int(settings.read_timeout_s * 1e6))
     if scheme in ("http", "https"):
         opts["rw_timeout"] = us
@@ -78,12 +106,24 @@ def open_options(url: str, settings: DecoderSettings) -> dict[str, str]:
     return opts
 
 
-def _classify_open_error(url: str, e: Exception) -> SourceError:
+def _classify_open_error(url: str, e: Exception, when: str = "") -> SourceError:
     """What an open failure means, from the error's type (PyAV maps FFmpeg's HTTP and socket errors to their
     own classes); the text is consulted only with the URL taken out of it, since a URL may say "404" or
     "refused" itself."""
     msg = str(e).replace(url, redact(url))
     said = str(e).replace(url, "").lower()
+    if isinstance(e, UrlRefused):
+        return SourceError(e.failure, when + e.reason)
+    if isinstance(e, PlaylistLoop):
+        return SourceError("playlist_loop", when + str(e))
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return SourceError("tls_error", f"the certificate is not valid for the host ({e.verify_message}); "
+                                        "options.tls_verify = false accepts it")
+    if isinstance(e, FetchError) and e.status:
+        status = e.status
+        reason = "not_found" if status in (404, 410) else "forbidden" if status in (401, 403) else \
+            "server_error" if status >= 500 else "http_error"
+        return SourceError(reason, msg, retry=reason == "server_error")
     if isinstance(e, (FileNotFoundError, av.error.HTTPNotFoundError)):
         return SourceError("not_found", f"not found: {msg}")
     if isinstance(e, (av.error.HTTPForbiddenError, av.error.HTTPUnauthorizedError)):
@@ -110,8 +150,11 @@ class SourceReader:
 
     def __init__(self, url: str, spec: ClipSpec, settings: DecoderSettings, *, stride: float | None = None,
                  resume_after: float | None = None, live: bool | None = None, started_at: float | None = None,
-                 sidecar_cues: list[Cue] | None = None):
+                 sidecar_cues: list[Cue] | None = None, policy: UrlPolicy = TRUSTED, tls_verify: bool = True,
+                 resolve=None):
         self.url, self.spec, self.settings = url, spec, settings
+        self.policy, self.tls_verify, self.resolve = policy, tls_verify, resolve  # resolve: tests' own DNS
+        self.opener: PolicyOpener | None = None
         self.stride = stride or spec.seconds
         self.resume_after = resume_after
         self.live_option = live
@@ -124,10 +167,28 @@ class SourceReader:
         self.subtitle_source = "none"
 
     def _open(self):
+        """Open the source under the URL policy: files and HTTP(S) through a PolicyOpener (every resource FFmpeg
+        asks for is checked), the other schemes at the address the policy checked."""
+        timeouts = (self.settings.open_timeout_s, self.settings.read_timeout_s)
+        options = open_options(self.url, self.settings)
+        started = time.monotonic()
         try:
-            c = av.open(self.url, options=open_options(self.url, self.settings),
-                        timeout=(self.settings.open_timeout_s, self.settings.read_timeout_s))
+            if scheme_of(self.url) in GUARDED_SCHEMES:
+                self.opener = PolicyOpener(self.url, self.policy, tls_verify=self.tls_verify,
+                                           connect_timeout=timeouts[0], read_timeout=timeouts[1], resolve=self.resolve)
+                c = av.open(self.url, options=options, timeout=timeouts, io_open=self.opener)
+            else:
+                c = av.open(pinned(self.url, self.policy, self.resolve), options=options, timeout=timeouts)
         except Exception as e:  # noqa: BLE001 - every open failure becomes a SourceError
+            if self.opener is not None and self.opener.failure is not None:
+                e = self.opener.failure
+            elif self.opener is not None and isinstance(e, av.error.ArgumentError):  # EINVAL: the format_whitelist
+                e = UrlRefused("format", "the source is a list of other files or addresses (concat, sdp) that "
+                                         "FFmpeg would open outside the URL policy; not allowed")
+            elif (self.opener is None and isinstance(e, av.error.InvalidDataError)
+                  and time.monotonic() - started >= 0.95 * self.settings.read_timeout_s):
+                # FFmpeg's RTSP client reports a reply that never came as invalid data, once its timeout is up
+                e = TimeoutError(f"the server sent nothing for {self.settings.read_timeout_s:.0f} s")
             raise _classify_open_error(self.url, e) from e
         if not c.streams.video:
             c.close()
@@ -187,11 +248,20 @@ class SourceReader:
                         yield self._clip(index, t0, t1, arr, cues, base)
             except FrameTooLarge as e:
                 raise SourceError("frame_too_large", f"after {counts.frames} frames: {e}") from e
-            except av.error.FFmpegError as e:
+            except (av.error.FFmpegError, OSError, UrlRefused) as e:
+                self._refused()
                 msg = str(e).replace(self.url, redact(self.url))
                 raise SourceError("read_error", f"read error after {counts.frames} frames: {msg}", retry=True) from e
+        self._refused()
         if counts.frames == 0:
             raise SourceError("no_frames", "no decodable video frames", retry=self.live)
+
+    def _refused(self) -> None:
+        """A playlist that named something the policy refused, or that loops on itself (its demuxer skips what
+        it cannot open), fails with that reason, not as a quiet end or a read error."""
+        e = self.opener.failure if self.opener is not None else None
+        if e is not None:
+            raise _classify_open_error(self.url, e, f"after {self.counts.frames} frames: ")
 
     def _progress(self) -> None:
         self.last_progress = time.monotonic()
@@ -223,84 +293,32 @@ class SourceReader:
         return StreamClip(self._k0 + index, round(t0, 3), round(t1, 3), arr, text, end_wall)
 
 
-def sidecar_cues(subtitles_url: str, stream_id: str, settings: DecoderSettings) -> list[Cue] | None:
+def sidecar_cues(subtitles_url: str, stream_id: str, settings: DecoderSettings, policy: UrlPolicy = TRUSTED,
+                 tls_verify: bool = True) -> list[Cue] | None:
     """A stream's sidecar cues, from what the URL policy answered for it (actors.control.admit: the job's
     subtitles_url, else a file's own `<name>.srt/.vtt` under the media root). None without one; subtitles are
-    optional, so one that cannot be read (too large, too slow, not text) is logged and the stream runs without."""
+    optional, so one that cannot be read (refused, too large, too slow, not text) is logged and the stream
+    runs without."""
     try:
         if subtitles_url:
             return subtitles.parse_bytes(fetch_bytes(subtitles_url, settings.subtitle_max_bytes,
-                                                     settings.subtitle_fetch_s, settings.read_timeout_s))
+                                                     settings.subtitle_fetch_s, settings.read_timeout_s,
+                                                     policy, tls_verify))
     except Exception as e:  # noqa: BLE001 - subtitles are optional: the stream runs without them
         log.warning("stream %s: ignoring sidecar subtitles: %s", stream_id, str(e)[:200])
     return None
 
 
-class FetchError(Exception):
-    """A sidecar that could not be fetched; the message says why (never with credentials)."""
-
-
-def fetch_bytes(url: str, limit: int, deadline_s: float, timeout_s: float) -> bytes:
-    """A sidecar file from disk (a path the URL policy answered) or over HTTP(S), at most `limit` bytes, within
-    `deadline_s` seconds in all (a server that drips a byte at a time is cut off there). Redirects are not
-    followed (their target was never checked by the URL policy); HTTPS certificates are verified."""
+def fetch_bytes(url: str, limit: int, deadline_s: float, timeout_s: float, policy: UrlPolicy = TRUSTED,
+                tls_verify: bool = True) -> bytes:
+    """A sidecar file from disk (held to the media root again as it is opened) or over HTTP(S) under the URL
+    policy (actors.fetch.http_get: redirects re-checked, certificates verified), at most `limit` bytes, within
+    `deadline_s` seconds in all."""
     if scheme_of(url) == "file":
-        with open(url, "rb") as f:
+        with open(check_url(url, policy), "rb") as f:
             data = f.read(limit + 1)
     else:
-        data = _http_get(url, limit, deadline_s, timeout_s)
+        data = http_get(url, policy, limit, deadline_s, timeout_s, tls_verify)
     if len(data) > limit:
         raise FetchError(f"subtitle file larger than {limit} bytes")
     return data
-
-
-def _http_get(url: str, limit: int, deadline_s: float, timeout_s: float) -> bytes:
-    import http.client
-    import socket
-    import ssl
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout_s,
-                                           context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
-    start = time.monotonic()
-    cut = threading.Event()
-
-    def cut_off() -> None:  # wakes a read that is still waiting at the deadline
-        cut.set()
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    conn.connect()
-    sock = conn.sock  # ours to cut: the connection hands it to the response (and forgets it) once headers are read
-    timer = threading.Timer(max(0.0, deadline_s - (time.monotonic() - start)), cut_off)
-    timer.start()
-    try:
-        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                     headers={"User-Agent": "videobert-stream", "Accept": "text/plain, text/vtt, */*"})
-        resp = conn.getresponse()
-        if 300 <= resp.status < 400:
-            raise FetchError(f"HTTP {resp.status}: a sidecar's redirects are not followed")
-        if resp.status != 200:
-            raise FetchError(f"HTTP {resp.status}")
-        data = bytearray()
-        while len(data) <= limit:
-            chunk = resp.read1(65536)
-            if not chunk:
-                break
-            data += chunk
-        if cut.is_set():
-            raise FetchError(f"not fetched within {deadline_s:.0f} s")
-        return bytes(data)
-    except (OSError, http.client.HTTPException) as e:
-        if cut.is_set():
-            raise FetchError(f"not fetched within {deadline_s:.0f} s") from None
-        raise FetchError(f"{type(e).__name__}: {e}") from None
-    finally:
-        timer.cancel()
-        conn.close()

@@ -3,8 +3,9 @@ stream request cannot make the decoders read local files outside the media root 
 metadata, loopback, private or link-local addresses (SSRF). `check_url` returns what to open (an
 absolute path for files, the URL unchanged for network sources) or raises `UrlRefused` with a short
 `code` and a reason that never contains credentials; `redact` masks passwords and secret query
-parameters for logs. A hostname is resolved once here and every address must pass; the opener
-resolves again, so DNS rebinding and HTTP/HLS redirects are outside what this check can see."""
+parameters for logs. A hostname is resolved here and every address must pass; `addresses` and `pinned`
+give what a connection must then use, so that the name is not resolved again (actors.fetch holds every
+connection a stream makes, redirects and playlist entries included, to this policy)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ _PRIVATE_NETS = [ipaddress.ip_network(n) for n in (
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _MULTICAST_OK = {"udp", "rtp"}  # multicast groups are ordinary sources for UDP/RTP video
 _LISTEN_HOSTS = {"", "0.0.0.0", "::"}
+_TLS_SCHEMES = {"https", "rtsps", "rtmps"}
 _SECRET_WORDS = ("password", "passwd", "pass", "pwd", "token", "secret", "key", "auth", "signature", "sig",
                  "credential")
 
@@ -118,19 +120,19 @@ def check_url(url: str, policy: UrlPolicy, resolve=None) -> str:
     host 0.0.0.0 / :: (`udp://@:1234`, `udp://0.0.0.0:5000`) is how FFmpeg listens for packets on a local
     port on all interfaces: it is treated as a local bind, allowed only when `allow_loopback` is set and
     refused with code "loopback_address" otherwise. Raises `UrlRefused`."""
-    if not isinstance(url, str) or not url:
-        raise UrlRefused("bad_url", "the URL is empty")
-    if len(url) > MAX_URL_LENGTH:
-        raise UrlRefused("bad_url", f"the URL is longer than {MAX_URL_LENGTH} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in url):
-        raise UrlRefused("bad_url", "the URL contains control characters")
-    allowed = [s.lower() for s in policy.allowed_schemes]
-    scheme = scheme_of(url)
-    if scheme not in allowed:
-        raise UrlRefused("scheme", f"scheme {scheme!r} is not allowed (allowed: {', '.join(allowed)})")
-    if scheme == "file":
+    if _precheck(url, policy) == "file":
         return _check_file(url, policy)
+    addresses(url, policy, resolve)
+    return url
 
+
+def addresses(url: str, policy: UrlPolicy, resolve=None) -> list[str]:
+    """The addresses a network `url` may be reached at, every one checked against `policy` (what a connection
+    made for it must use: connecting by name would resolve again, and the answer may have changed). [] for a
+    local UDP/RTP bind. Raises `UrlRefused` as check_url does."""
+    scheme = _precheck(url, policy)
+    if scheme == "file":
+        raise UrlRefused("bad_url", "a file path has no network address")
     if any(c.isspace() for c in url):
         raise UrlRefused("bad_url", "the URL contains whitespace")
     try:
@@ -142,7 +144,7 @@ def check_url(url: str, policy: UrlPolicy, resolve=None) -> str:
         raise UrlRefused("bad_url", "the URL authority contains a backslash")
     if scheme in _MULTICAST_OK and host in _LISTEN_HOSTS:
         if policy.allow_loopback:
-            return url
+            return []
         raise UrlRefused("loopback_address", f"listening on a local {scheme} port is not allowed "
                                              "(url_policy.allow_loopback is off)")
     if not host:
@@ -166,7 +168,43 @@ def check_url(url: str, policy: UrlPolicy, resolve=None) -> str:
             code, what = refused
             via = "" if literal else f" resolves to {ip}, which"
             raise UrlRefused(code, f"host {host!r}{via} is {what}; not allowed")
-    return url
+    return [str(ip) for ip in ips]
+
+
+def pinned(url: str, policy: UrlPolicy, resolve=None) -> str:
+    """`url` with its host name replaced by the first address the policy checked, so that FFmpeg connects to
+    that address and does not resolve the name again (DNS rebinding). TLS schemes keep the name: their
+    certificate is checked against it, and a rebound address would need a certificate for the name."""
+    ips = addresses(url, policy, resolve)
+    parts = urlsplit(url)
+    if not ips or scheme_of(url) in _TLS_SCHEMES or ipaddress.ip_address(ips[0]) == _literal(parts.hostname):
+        return url
+    ip = ips[0] if ":" not in ips[0] else f"[{ips[0]}]"
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}{at}{ip}" + (f":{parts.port}" if parts.port is not None else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _literal(host: str | None):
+    try:
+        return ipaddress.ip_address(host or "")
+    except ValueError:
+        return None
+
+
+def _precheck(url: str, policy: UrlPolicy) -> str:
+    """The checks every URL passes first (type, length, characters, scheme); returns its scheme."""
+    if not isinstance(url, str) or not url:
+        raise UrlRefused("bad_url", "the URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise UrlRefused("bad_url", f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        raise UrlRefused("bad_url", "the URL contains control characters")
+    allowed = [s.lower() for s in policy.allowed_schemes]
+    scheme = scheme_of(url)
+    if scheme not in allowed:
+        raise UrlRefused("scheme", f"scheme {scheme!r} is not allowed (allowed: {', '.join(allowed)})")
+    return scheme
 
 
 def redact(url: str) -> str:

@@ -8,3 +8,16 @@ def write_result(path: str | Path, result: dict) -> None:
     """Write a benchmark's result as indented JSON, creating the folder (bench/results/ is not in git)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(result, indent=1))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what a result was measured on), from /proc/cpuinfo where there is one."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

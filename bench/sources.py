@@ -342,6 +342,56 @@ class HttpServer:
         self.stop()
 
 
+class RedirectingHttpServer(HttpServer):
+    """An HttpServer that answers some paths with a redirect: ``redirects`` maps a path ("/old.mp4") to the
+    Location it answers with (``status``, 302 by default); every other path is served from ``directory``."""
+
+    def __init__(self, directory: str | Path, redirects: dict[str, str], status: int = 302):
+        super().__init__(directory)
+        self.redirects, self.status = redirects, status
+
+    def _handler(self):
+        redirects, status = self.redirects, self.status
+
+        class Handler(self.handler_class):
+            def do_GET(self):  # noqa: N802 - the base class's name
+                if self.path in redirects:
+                    self.send_response(status)
+                    self.send_header("Location", redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                super().do_GET()
+
+        return functools.partial(Handler, directory=str(self.directory))
+
+
+class StatusServer:
+    """Loopback HTTP that answers every GET with one status and an empty body (a 404, a 500, a 403 ...).
+    The context gives ``http://127.0.0.1:PORT/v.mp4``."""
+
+    def __init__(self, status: int):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the base class's name
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self._server.daemon_threads = True
+
+    def __enter__(self) -> str:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"http://{HOST}:{self._server.server_address[1]}/v.mp4"
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 class DroppingHttpServer(HttpServer):
     """Serves ONE video over HTTP but cuts every response after ``drop_after_bytes`` body bytes.
 

@@ -12,6 +12,7 @@ command -v redis-server >/dev/null || missing="$missing redis-server"
 command -v promtool >/dev/null || missing="$missing prometheus"
 command -v chromium >/dev/null || missing="$missing chromium"
 command -v chromedriver >/dev/null || missing="$missing chromium-driver"
+command -v openssl >/dev/null || missing="$missing openssl"  # the TLS tests make a self-signed certificate
 if [ -n "$missing" ]; then
   echo "setup: installing$missing with apt-get" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

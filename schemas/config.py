@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -37,6 +38,13 @@ class UrlPolicy(_Strict):
     media_root: str | None = None  # file paths are allowed only under it; unset: no file access
     allow_private: bool = False  # 10/8, 172.16/12, 192.168/16, fc00::/7 ...
     allow_loopback: bool = False  # 127/8, ::1 (the local quick start allows it)
+    # HTTP redirects, of a stream's source, its playlists' segments and its sidecar alike: "check" follows one
+    # only to a URL this policy allows (at most max_redirects in a row), "refuse" fails the source at the first
+    redirects: Literal["check", "refuse"] = "check"
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    # what an HLS or DASH playlist may name (variants, segments, keys): "same", only URLs on the host of the
+    # stream's own URL; "any", any URL this policy allows
+    segment_hosts: Literal["same", "any"] = "same"
 
 
 class StageSettings(_Strict):

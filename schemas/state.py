@@ -69,6 +69,10 @@ class StreamState(BaseModel):
     # counters: the sink's scripts and the heartbeats add to them (HINCRBY), across every owner
     clips_tagged: int = 0
     clips_dropped: int = 0
+    # a live stream's gaps: clips on its grid that were never read, the source being away (a reconnect, a
+    # decoder that died, a Redis outage) -- with clips_dropped, every clip a live stream has no tag for
+    clips_missed: int = 0
+    live_gaps: int = 0
     frames_decoded: int = 0
     reconnects: int = 0
     # wall-clock times (Unix seconds)
@@ -107,7 +111,8 @@ class StreamState(BaseModel):
     def _blank_is_none(cls, v):
         return None if v == "" else v
 
-    @field_validator("clips_tagged", "clips_dropped", "frames_decoded", "reconnects", "attempts", mode="before")
+    @field_validator("clips_tagged", "clips_dropped", "clips_missed", "live_gaps", "frames_decoded", "reconnects", "attempts",
+                     mode="before")
     @classmethod
     def _blank_is_zero(cls, v):
         return 0 if v in ("", None) else v

@@ -68,6 +68,9 @@ class FailureReason(StrEnum):
     refused_private_address = "refused_private_address"
     refused_blocked_address = "refused_blocked_address"
     refused_unresolvable = "refused_unresolvable"
+    refused_redirect = "refused_redirect"  # a redirect the policy refuses (or any, with redirects = "refuse")
+    refused_segment_host = "refused_segment_host"  # a playlist naming a host or path it may not
+    refused_format = "refused_format"  # a concat or SDP file: FFmpeg would open what it names unchecked
     # the source (actors/source.py)
     not_found = "not_found"
     forbidden = "forbidden"
@@ -75,12 +78,14 @@ class FailureReason(StrEnum):
     http_error = "http_error"  # another HTTP 4xx
     timeout = "timeout"
     connection_refused = "connection_refused"
+    tls_error = "tls_error"  # a certificate that is not valid for the host (options.tls_verify = false accepts it)
     open_failed = "open_failed"
     invalid_data = "invalid_data"
     no_video = "no_video"
     frame_too_large = "frame_too_large"
     read_error = "read_error"
     no_frames = "no_frames"
+    playlist_loop = "playlist_loop"  # a playlist that makes FFmpeg reopen resources in a tight loop
     stalled = "stalled"
     # the graph
     stage_error = "stage_error"
@@ -172,6 +177,9 @@ class StreamOptions(BaseModel):
     clip_rate: float | None = Field(default=None, gt=0, le=4)  # clips started per second (default: back to back)
     live: bool | None = None  # None: decided from the source (network streams without a duration are live)
     backpressure: BackPressure | None = None  # None: drop_oldest for live sources, wait for files
+    # HTTPS, RTSPS and RTMPS certificates are verified against the URL's host name; False accepts any
+    # certificate for this stream only (a camera with a self-signed one)
+    tls_verify: bool = True
 
     @field_validator("labels")
     @classmethod

@@ -233,7 +233,7 @@ def test_odd_but_valid_requests_are_answered_not_500(service):
 
 
 @pytest.mark.parametrize("body, code", [
-    ({"url": "http://169.254.169.254/latest/meta-data"}, "refused_blocked_address"),
+    ({"url": "http://metadata.google.internal/computeMetadata/v1/"}, "refused_blocked_address"),
     ({"url": "/etc/passwd"}, "refused_file_outside_root"),
     ({"url": "gopher://127.0.0.1/x"}, "refused_scheme"),
     ({"url": "udp://127.0.0.1:5000", "options": {"template": "watch me [MASK] it",

@@ -70,7 +70,7 @@ def test_a_stop_leaves_an_ended_stream_as_it_is(keys):
 def test_vbs_push_refuses_what_the_service_would_refuse(keys):
     """`vbs push` ran no check: a refused URL was queued and failed later. Now it exits 2 at once."""
     r = redis_client(REDIS_URL)
-    out = vbs("push", "http://169.254.169.254/latest/meta-data", prefix=keys.prefix)
+    out = vbs("push", "http://metadata.google.internal/computeMetadata/v1/", prefix=keys.prefix)
     assert out.returncode == 2 and "refused (refused_blocked_address)" in out.stderr, out.stderr
     bad = vbs("push", "udp://127.0.0.1:5000", "--options", '{"labels": {"verb": ["grow", "photosynthesize"]}, '
               '"template": "watch me [MASK] it"}', prefix=keys.prefix)

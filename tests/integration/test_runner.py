@@ -174,3 +174,29 @@ def test_back_pressure_is_the_stream_s_named_policy(env, stages, video):
     run = runner(env, stages, str(video), pipeline=SlowPipeline(*stages), job={"options": {"backpressure": "drop_oldest"}},
                  max_in_flight=1)
     assert run.run() == StreamStatus.finished and run.counters.dropped >= 1
+
+
+def test_a_live_stream_that_resumes_later_records_its_gap(env, stages, video):
+    """A live stream resumed after its decoder let go of it (or after a reconnect) skips the clips aired
+    meanwhile, and nothing said so: a missing clip could not be told from a lost one. Now every clip on its grid
+    without a tag is a tag, a dropped clip or a missed one."""
+    import json
+
+    r, keys = env
+    with UdpSender(video, loop=True, reencode=True) as udp:
+        first = runner(env, stages, udp.url)
+        run_then_stop(first, lambda: first.counters.clips >= 3)
+        time.sleep(4.5)  # the stream airs on (3 clips) while nobody reads it
+        token = uuid.uuid4().hex
+        r.hset(keys.stream(first.a.stream_id), mapping={"token": token, "status": "starting"})
+        second = StreamRunner(first.a.handed(token), LocalPipeline(*stages), Sink(r, keys), stages[0].spec,
+                              first.settings, r, keys)
+        run_then_stop(second, lambda: second.counters.clips >= 3)
+    h = status(env, second)
+    indices = [round(json.loads(f["data"])["t0"] / first.stride) for _, f in r.xrange(keys.tags(first.a.stream_id))]
+    assert indices == sorted(set(indices)) and len(indices) >= 6
+    missed, dropped = int(h["clips_missed"]), int(h.get("clips_dropped", 0))
+    assert int(h["live_gaps"]) >= 1 and missed >= 2, h
+    span = indices[-1] - indices[0] + 1
+    assert len(indices) + dropped + missed >= span, (indices, dropped, missed)  # nothing unaccounted for
+    assert missed <= span - len(indices), (indices, missed)  # and nothing counted missed that was tagged

@@ -1,6 +1,6 @@
-"""Sidecar subtitles of a stream (actors/source.py): fetched within a deadline, never through a redirect, at
-most so many bytes, read in the stream's own thread; a sidecar that cannot be had leaves the stream without
-subtitles, never failed or stuck."""
+"""Sidecar subtitles of a stream (actors/source.py): fetched within a deadline, at most so many bytes, read in
+the stream's own thread (its redirects are held to the URL policy: test_fetch_policy.py); a sidecar that
+cannot be had leaves the stream without subtitles, never failed or stuck."""
 
 from __future__ import annotations
 
@@ -72,18 +72,6 @@ def test_a_server_that_drips_is_cut_off_at_the_deadline():
         with pytest.raises(FetchError, match="not fetched within 2 s"):
             fetch_bytes(srv.url, 10_000, deadline_s=2.0, timeout_s=5.0)
         assert time.monotonic() - start < 10
-
-
-def test_a_redirect_is_not_followed():
-    def redirect(h):
-        h.send_response(302)
-        h.send_header("Location", "http://169.254.169.254/latest/meta-data")
-        h.end_headers()
-
-    with Server(redirect) as srv:
-        with pytest.raises(FetchError, match="redirects are not followed"):
-            fetch_bytes(srv.url, 10_000, 5, 5)
-        assert sidecar_cues(srv.url, "s1", DecoderSettings()) is None  # the stream runs without
 
 
 def test_a_sidecar_larger_than_the_limit_is_ignored(tmp_path):

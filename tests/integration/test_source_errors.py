@@ -3,13 +3,12 @@ be in the URL; limits held on every frame, not only the first."""
 
 from __future__ import annotations
 
-import http.server
 import subprocess
-import threading
 
 import pytest
 
 from actors.source import SourceError, SourceReader
+from bench.sources import StatusServer
 from schemas.config import DecoderSettings
 from tests.integration.conftest import free_port
 from videobert.reader import ClipSpec, VideoTooLong, read_video
@@ -33,22 +32,8 @@ def test_a_refused_connection_is_not_a_404_because_the_url_says_404():
 @pytest.mark.parametrize("status, reason, retry", [(404, "not_found", False), (403, "forbidden", False),
                                                     (500, "server_error", True), (418, "http_error", False)])
 def test_http_statuses_are_named_by_their_class(status, reason, retry):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        e = open_error(f"http://127.0.0.1:{srv.server_address[1]}/v.mp4")
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with StatusServer(status) as url:
+        e = open_error(url)
     assert (e.reason, e.retry) == (reason, retry), str(e)
 
 
@@ -80,3 +65,13 @@ def test_a_video_too_long_is_refused_before_it_is_decoded_whole(trained_model):
     video = max((trained_model / "data" / "heldout").glob("*.mp4"), key=lambda p: p.stat().st_size)
     with pytest.raises(VideoTooLong, match="longer than 5 s"):
         read_video(video, max_seconds=5)
+
+
+def test_an_rtsp_server_that_never_answers_is_a_timeout():
+    """FFmpeg's RTSP client says "invalid data" when no reply comes within its timeout: the stream failed at once
+    as invalid_data, never retried, where a camera that is slow to answer should be tried again."""
+    from bench.sources import SilentTcpServer
+
+    with SilentTcpServer() as silent:
+        e = open_error(f"rtsp://127.0.0.1:{silent.port}/live", DecoderSettings(open_timeout_s=2, read_timeout_s=2))
+    assert e.reason == "timeout" and e.retry, str(e)
