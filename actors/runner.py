@@ -135,6 +135,8 @@ class StreamRunner:
                                and not self._stopping()):
                             self._cond.wait(0.5)
                             reader.last_progress = time.monotonic()  # waiting on us, not on the source
+                        if generation != self._generation:
+                            return  # abandoned while it waited: its clip belongs to no one now
                     self._buffer.append(clip)
                     self._cond.notify_all()
                 if self._stopping():
@@ -199,7 +201,7 @@ class StreamRunner:
                 else:
                     stop = self.sink.set_status(self.a.stream_id, self.a.token, status, deltas, **fields)
             except Fenced:
-                self._counted(deltas)  # they happened, the metrics count them; the new owner counts its own
+                self._counted_when_fenced(deltas)
                 raise
             self._counted(deltas)
             return stop
@@ -233,6 +235,17 @@ class StreamRunner:
                 if first is not None:
                     log.info("stream %s: Redis is back after %.0f s; going on", self.a.stream_id, time.monotonic() - first)
                 return result
+
+    def _counted_when_fenced(self, deltas: dict[str, int]) -> None:
+        """What this owner counted and never reported, added to the stream's state all the same (the new owner
+        counts only its own: drops and frames of the old one were lost, and a live stream's missing clips with
+        them) and to the metrics."""
+        try:
+            self.sink.count(self.a.stream_id, deltas)
+        except Exception as e:  # noqa: BLE001 - Redis down again: these counts are lost, and said so
+            log.warning("stream %s: could not add what it counted before it was fenced (%s): %s", self.a.stream_id,
+                        type(e).__name__, deltas)
+        self._counted(deltas)
 
     def _counted(self, deltas: dict[str, int]) -> None:
         self.counters.reported(deltas)
@@ -273,7 +286,7 @@ class StreamRunner:
                 self._generation += 1  # any reader still running is now abandoned
                 self._cond.notify_all()
             if self.fenced.is_set():
-                self._counted(self.counters.unreported(self.frames_total()))
+                self._counted_when_fenced(self.counters.unreported(self.frames_total()))
 
     def _checkpoint(self) -> tuple[float | None, float]:
         h = self._durable("checkpoint", self.redis.hmget, self.keys.stream(self.a.stream_id), "last_t0", "started_at")

@@ -81,7 +81,15 @@ redis.call('PUBLISH', ARGV[3], '{"event":"status","status":"$queued"}')
 return 1
 """).substitute(queued=StreamStatus.queued.value)
 
-SCRIPTS = {"commit": _COMMIT, "heartbeat": _HEARTBEAT, "finish": _FINISH, "release": _RELEASE}
+# KEYS: stream hash. ARGV: counter, increment, ... What a fenced owner counted before it learnt it was fenced
+# (clips it dropped, frames it decoded): facts about the stream, added whoever owns it now.
+_COUNT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+SCRIPTS = {"commit": _COMMIT, "heartbeat": _HEARTBEAT, "finish": _FINISH, "release": _RELEASE, "count": _COUNT}
 COUNTERS = ("clips_tagged", "clips_dropped", "clips_missed", "live_gaps", "frames_decoded", "reconnects")  # the fields heartbeats add to
 
 
@@ -116,6 +124,7 @@ class Sink:
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
         self._finish = self.redis.register_script(_FINISH)
         self._release = self.redis.register_script(_RELEASE)
+        self._count = self.redis.register_script(_COUNT)
 
     def commit(self, stream_id: str, token: str, result: TagResult) -> bool:
         """Write one clip's result. True if written, False if it was already there (a replay).
@@ -144,6 +153,16 @@ class Sink:
         if r == -1:
             raise Fenced(stream_id)
         return bool(r)
+
+    def count(self, stream_id: str, incr: dict[str, int]) -> bool:
+        """Add `incr` to the stream's counters without an ownership check: what an owner counted before it was
+        fenced happened all the same (a live stream's drops during an outage are its missing clips). False
+        when the stream's state is gone."""
+        bad = sorted(set(incr) - set(COUNTERS))
+        if bad:
+            raise ValueError(f"not counters of the stream state: {', '.join(bad)}")
+        args = [x for k, v in incr.items() for x in (k, int(v))]
+        return bool(args) and self._count(keys=[self.keys.stream(stream_id)], args=args) == 1
 
     def set_status(self, stream_id: str, token: str, status: StreamStatus, incr: dict[str, int] | None = None,
                    **fields) -> bool:

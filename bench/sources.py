@@ -53,6 +53,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -290,6 +291,16 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
                 pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """A client that hangs up mid-body (a seek, a reconnect) is what players do, not an error to print."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class HttpServer:
     """Threaded static HTTP server over ``directory`` on 127.0.0.1 (free port), with Range support.
 
@@ -311,8 +322,7 @@ class HttpServer:
     def start(self) -> "HttpServer":
         if self._server is not None:
             return self
-        server = http.server.ThreadingHTTPServer((HOST, 0), self._handler())
-        server.daemon_threads = True
+        server = _QuietServer((HOST, 0), self._handler())
         self._server, self.port = server, server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"{type(self).__name__}:{self.port}", daemon=True)
@@ -710,3 +720,103 @@ def paced_udp_streams(video: str | Path, n: int, base_port: int | None = None, *
         group.stop()
         raise
     return group
+
+
+# ------------------------------------------------------------------------------------------- TCP proxy
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 (free port) in front of ``127.0.0.1:target_port``, with faults on demand:
+    ``stall(seconds)`` holds every byte in both directions (connections stay open), ``drip(seconds, rate)``
+    lets ``rate`` bytes a second through, ``cut()`` closes every connection at once. ``url(path)`` gives
+    ``http://127.0.0.1:PORT/path`` for an HTTP server behind it."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self._sock: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stall_until = self._drip_until = 0.0
+        self._drip_rate = 1024
+        self.port: int | None = None
+
+    def start(self) -> "TcpProxy":
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((HOST, 0))
+        s.listen(64)
+        self._sock, self.port = s, s.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True, name=f"TcpProxy:{self.port}").start()
+        return self
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}/{path.lstrip('/')}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection((HOST, self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while time.monotonic() < self._stall_until:
+                    time.sleep(0.05)
+                while data and time.monotonic() < self._drip_until:
+                    piece, data = data[: max(1, self._drip_rate // 10)], data[max(1, self._drip_rate // 10):]
+                    dst.sendall(piece)
+                    time.sleep(0.1)
+                if data:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            with self._lock:
+                self._conns = [c for c in self._conns if c not in (src, dst)]
+
+    def stall(self, seconds: float) -> None:
+        self._stall_until = time.monotonic() + seconds
+
+    def drip(self, seconds: float, rate: int = 1024) -> None:
+        self._drip_rate, self._drip_until = rate, time.monotonic() + seconds
+
+    def cut(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.cut()
+
+    def __enter__(self) -> "TcpProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
