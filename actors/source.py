@@ -9,6 +9,7 @@ clip of a reconnected or resumed live stream never reuses the time of an earlier
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -21,7 +22,8 @@ import av
 import numpy as np
 
 from actors.fetch import GUARDED_SCHEMES, FetchError, PlaylistLoop, PolicyOpener, http_get
-from actors.url_policy import UrlRefused, check_url, pinned, redact, scheme_of
+from actors.rtsp_relay import RtspRelay
+from actors.url_policy import UrlRefused, addresses, check_url, pinned, redact, scheme_of
 from schemas.config import DecoderSettings, UrlPolicy
 from schemas.streams import FailureReason
 from videobert import subtitles
@@ -46,23 +48,20 @@ TRUSTED = UrlPolicy(media_root="/", allow_private=True, allow_loopback=True)
 # addresses named in the file) or read devices are never used for a file or HTTP source.
 _UNSAFE_DEMUXERS = {"concat", "lavfi", "sdp", "rtp", "rtsp", "sap", "alsa", "oss", "fbdev", "kmsgrab", "x11grab",
                     "video4linux2,v4l2"}
-_demuxer_list: str | None = None
 
 
+@functools.cache
 def _safe_demuxers() -> str:
     """FFmpeg's format_whitelist for guarded sources: every demuxer this FFmpeg has but the unsafe ones."""
-    global _demuxer_list
-    if _demuxer_list is None:
-        names = []
-        for name in sorted(av.formats_available):
-            try:
-                av.format.ContainerFormat(name, "r")
-            except ValueError:  # a muxer only
-                continue
-            if name not in _UNSAFE_DEMUXERS:
-                names.append(name)
-        _demuxer_list = ",".join(names)
-    return _demuxer_list
+    names = []
+    for name in sorted(av.formats_available):
+        try:
+            av.format.ContainerFormat(name, "r")
+        except ValueError:  # a muxer only
+            continue
+        if name not in _UNSAFE_DEMUXERS:
+            names.append(name)
+    return ",".join(names)
 
 
 class SourceError(Exception):
@@ -155,6 +154,8 @@ class SourceReader:
         self.url, self.spec, self.settings = url, spec, settings
         self.policy, self.tls_verify, self.resolve = policy, tls_verify, resolve  # resolve: tests' own DNS
         self.opener: PolicyOpener | None = None
+        self.relay: RtspRelay | None = None
+        self._opened = url
         self.stride = stride or spec.seconds
         self.resume_after = resume_after
         self.live_option = live
@@ -172,15 +173,26 @@ class SourceReader:
         timeouts = (self.settings.open_timeout_s, self.settings.read_timeout_s)
         options = open_options(self.url, self.settings)
         started = time.monotonic()
+        opened = self._opened = self.url  # what FFmpeg is given (its errors name it: redacted like the job's URL)
         try:
             if scheme_of(self.url) in GUARDED_SCHEMES:
                 self.opener = PolicyOpener(self.url, self.policy, tls_verify=self.tls_verify,
                                            connect_timeout=timeouts[0], read_timeout=timeouts[1], resolve=self.resolve)
                 c = av.open(self.url, options=options, timeout=timeouts, io_open=self.opener)
+            elif scheme_of(self.url) == "rtsp":  # through a relay that refuses redirects, at the checked address
+                self.relay = RtspRelay(self.url, addresses(self.url, self.policy, self.resolve)[0], timeouts[0])
+                opened = self._opened = self.relay.local_url
+                c = av.open(opened, options=options, timeout=timeouts)
             else:
-                c = av.open(pinned(self.url, self.policy, self.resolve), options=options, timeout=timeouts)
+                opened = self._opened = pinned(self.url, self.policy, self.resolve)
+                c = av.open(opened, options=options, timeout=timeouts)
         except Exception as e:  # noqa: BLE001 - every open failure becomes a SourceError
-            if self.opener is not None and self.opener.failure is not None:
+            self._close_relay()
+            if isinstance(e, UrlRefused):
+                pass  # the policy refused the address itself
+            elif self.relay is not None and self.relay.refused is not None:
+                e = self.relay.refused
+            elif self.opener is not None and self.opener.failure is not None:
                 e = self.opener.failure
             elif self.opener is not None and isinstance(e, av.error.ArgumentError):  # EINVAL: the format_whitelist
                 e = UrlRefused("format", "the source is a list of other files or addresses (concat, sdp) that "
@@ -189,7 +201,7 @@ class SourceReader:
                   and time.monotonic() - started >= 0.95 * self.settings.read_timeout_s):
                 # FFmpeg's RTSP client reports a reply that never came as invalid data, once its timeout is up
                 e = TimeoutError(f"the server sent nothing for {self.settings.read_timeout_s:.0f} s")
-            raise _classify_open_error(self.url, e) from e
+            raise _classify_open_error(opened, e) from e
         if not c.streams.video:
             c.close()
             raise SourceError("no_video", "the source has no video stream")
@@ -205,6 +217,12 @@ class SourceReader:
 
     def clips(self) -> Iterator[StreamClip]:
         """Decode until the source ends. Raises SourceError when it cannot be read (before or mid-stream)."""
+        try:
+            yield from self._clips()
+        finally:
+            self._close_relay()
+
+    def _clips(self) -> Iterator[StreamClip]:
         container = self._open()
         with container:
             vs = container.streams.video[0]
@@ -249,19 +267,25 @@ class SourceReader:
             except FrameTooLarge as e:
                 raise SourceError("frame_too_large", f"after {counts.frames} frames: {e}") from e
             except (av.error.FFmpegError, OSError, UrlRefused) as e:
-                self._refused()
-                msg = str(e).replace(self.url, redact(self.url))
+                self._opener_failed()
+                msg = str(e).replace(self._opened, redact(self._opened)).replace(self.url, redact(self.url))
                 raise SourceError("read_error", f"read error after {counts.frames} frames: {msg}", retry=True) from e
-        self._refused()
+        self._opener_failed()
         if counts.frames == 0:
             raise SourceError("no_frames", "no decodable video frames", retry=self.live)
 
-    def _refused(self) -> None:
+    def _opener_failed(self) -> None:
         """A playlist that named something the policy refused, or that loops on itself (its demuxer skips what
-        it cannot open), fails with that reason, not as a quiet end or a read error."""
-        e = self.opener.failure if self.opener is not None else None
+        it cannot open), or an RTSP server's redirect, fails with that reason, not as a quiet end or a read
+        error."""
+        e = (self.opener.failure if self.opener is not None else None) or \
+            (self.relay.refused if self.relay is not None else None)
         if e is not None:
             raise _classify_open_error(self.url, e, f"after {self.counts.frames} frames: ")
+
+    def _close_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
 
     def _progress(self) -> None:
         self.last_progress = time.monotonic()

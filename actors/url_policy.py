@@ -177,8 +177,8 @@ def pinned(url: str, policy: UrlPolicy, resolve=None) -> str:
     certificate is checked against it, and a rebound address would need a certificate for the name."""
     ips = addresses(url, policy, resolve)
     parts = urlsplit(url)
-    if not ips or scheme_of(url) in _TLS_SCHEMES or ipaddress.ip_address(ips[0]) == _literal(parts.hostname):
-        return url
+    if not ips or scheme_of(url) in _TLS_SCHEMES or _literal(parts.hostname) is not None:
+        return url  # nothing to pin, a name the certificate is for, or an address already
     ip = ips[0] if ":" not in ips[0] else f"[{ips[0]}]"
     userinfo, at, _ = parts.netloc.rpartition("@")
     netloc = f"{userinfo}{at}{ip}" + (f":{parts.port}" if parts.port is not None else "")

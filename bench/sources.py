@@ -820,3 +820,130 @@ class TcpProxy:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# ------------------------------------------------------------------------------------------- RTSP server
+
+class RtspServer:
+    """A small RTSP server on 127.0.0.1 (free port) that plays one looping video to RTSP clients over TCP
+    (interleaved RTP): ffmpeg sends the video as RTP-wrapped MPEG-TS to a loopback UDP port, and each client
+    that has sent PLAY gets those packets framed as ``$``-interleaved data. ``url`` is
+    ``rtsp://127.0.0.1:PORT/live``. ``redirect_to`` (a URL): every DESCRIBE is answered with a 302 to it."""
+
+    def __init__(self, video: str | Path, redirect_to: str | None = None):
+        self.video, self.redirect_to = Path(video), redirect_to
+        self._sock: socket.socket | None = None
+        self._udp: socket.socket | None = None
+        self._ffmpeg: subprocess.Popen | None = None
+        self._players: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.port: int | None = None
+        self.requests: list[str] = []  # first line of every request, in order
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://{HOST}:{self.port}/live"
+
+    def start(self) -> "RtspServer":
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((HOST, 0))
+        self._sock.listen(8)
+        self.port = self._sock.getsockname()[1]
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.bind((HOST, 0))
+        udp_port = self._udp.getsockname()[1]
+        if self.redirect_to is None:
+            self._ffmpeg = subprocess.Popen(
+                ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.video),
+                 "-map", "0:v:0", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "15",
+                 "-pix_fmt", "yuv420p", "-f", "rtp_mpegts", f"rtp://{HOST}:{udp_port}?pkt_size=1316"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            threading.Thread(target=self._forward, daemon=True).start()
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _forward(self) -> None:
+        while True:
+            try:
+                packet = self._udp.recv(65536)
+            except OSError:
+                return
+            frame = b"$\x00" + len(packet).to_bytes(2, "big") + packet
+            with self._lock:
+                players = list(self._players)
+            for p in players:
+                try:
+                    p.sendall(frame)
+                except OSError:
+                    with self._lock:
+                        if p in self._players:
+                            self._players.remove(p)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                    while buf.startswith(b"$") and len(buf) >= 4:  # the client's RTCP: skip it
+                        n = 4 + int.from_bytes(buf[2:4], "big")
+                        if len(buf) < n:
+                            break
+                        buf = buf[n:]
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode(errors="replace").split("\r\n")
+                method = lines[0].split(" ")[0]
+                self.requests.append(lines[0])
+                cseq = next((x.split(":", 1)[1].strip() for x in lines if x.lower().startswith("cseq")), "0")
+                reply = f"RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n"
+                body = ""
+                if method == "DESCRIBE" and self.redirect_to:
+                    reply = f"RTSP/1.0 302 Moved Temporarily\r\nCSeq: {cseq}\r\nLocation: {self.redirect_to}\r\n"
+                elif method == "OPTIONS":
+                    reply += "Public: OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN\r\n"
+                elif method == "DESCRIBE":
+                    body = (f"v=0\r\no=- 0 0 IN IP4 {HOST}\r\ns=live\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
+                            "m=video 0 RTP/AVP 33\r\na=rtpmap:33 MP2T/90000\r\na=control:trackID=0\r\n")
+                    reply += f"Content-Base: {self.url}/\r\nContent-Type: application/sdp\r\n"
+                elif method == "SETUP":
+                    reply += "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\nSession: 12345678\r\n"
+                elif method == "PLAY":
+                    reply += "Session: 12345678\r\n"
+                conn.sendall((reply + f"Content-Length: {len(body)}\r\n\r\n" + body).encode())
+                if method == "PLAY":
+                    with self._lock:
+                        self._players.append(conn)
+                elif method == "TEARDOWN":
+                    return
+        except OSError:
+            return
+
+    def stop(self) -> None:
+        for s in (self._sock, self._udp):
+            if s is not None:
+                s.close()
+        if self._ffmpeg is not None:
+            self._ffmpeg.kill()
+            self._ffmpeg.wait()
+        with self._lock:
+            for p in self._players:
+                p.close()
+            self._players.clear()
+
+    def __enter__(self) -> "RtspServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -39,7 +39,8 @@ class UrlPolicy(_Strict):
     allow_private: bool = False  # 10/8, 172.16/12, 192.168/16, fc00::/7 ...
     allow_loopback: bool = False  # 127/8, ::1 (the local quick start allows it)
     # HTTP redirects, of a stream's source, its playlists' segments and its sidecar alike: "check" follows one
-    # only to a URL this policy allows (at most max_redirects in a row), "refuse" fails the source at the first
+    # only to a URL this policy allows (at most max_redirects in a row), "refuse" fails the source at the first.
+    # An RTSP server's redirect is always refused (actors/rtsp_relay.py)
     redirects: Literal["check", "refuse"] = "check"
     max_redirects: int = Field(default=5, ge=0, le=20)
     # what an HLS or DASH playlist may name (variants, segments, keys): "same", only URLs on the host of the

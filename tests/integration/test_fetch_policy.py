@@ -246,3 +246,40 @@ def test_tls_schemes_ffmpeg_cannot_verify_need_the_stream_s_consent():
     assert e.value.reason == FailureReason.tls_error and "tls_verify" in str(e.value)
     job = IngestJob(url="rtsps://127.0.0.1:322/live", options=StreamOptions(tls_verify=False))
     assert admit(job, policy) == ("rtsps://127.0.0.1:322/live", "")
+
+
+# -- RTSP ------------------------------------------------------------------------------------------------
+def test_rtsp_plays_through_the_relay_and_the_server_sees_its_own_url(media):
+    from bench.sources import RtspServer
+
+    with RtspServer(media / "v.mp4") as srv:
+        reader = SourceReader(srv.url, ClipSpec(), SETTINGS, policy=LOOPBACK, live=True)
+        n = 0
+        for _ in reader.clips():
+            n += 1
+            if n == 2:
+                break
+        assert n == 2 and reader.relay is not None
+        assert [r.split(" ")[0] for r in srv.requests[:4]] == ["OPTIONS", "DESCRIBE", "SETUP", "PLAY"]
+        assert all(f"127.0.0.1:{srv.port}/" in r for r in srv.requests), srv.requests  # not the relay's address
+
+
+def test_an_rtsp_redirect_is_refused_and_never_followed(media):
+    """FFmpeg's RTSP client followed a server's 302 to any host (a probe's listener on 127.0.0.2 got the next
+    request): the policy never saw where it went."""
+    import socket
+
+    from bench.sources import RtspServer
+
+    target = socket.socket()
+    target.bind(("127.0.0.2", 0))
+    target.listen(1)
+    target.settimeout(0.5)
+    try:
+        with RtspServer(media / "v.mp4", redirect_to=f"rtsp://127.0.0.2:{target.getsockname()[1]}/x") as srv:
+            e = failure(srv.url, LOOPBACK, live=True)
+        assert e.reason == FailureReason.refused_redirect and "127.0.0.2" in str(e), str(e)
+        with pytest.raises(socket.timeout):
+            target.accept()  # nobody came
+    finally:
+        target.close()
