@@ -29,6 +29,7 @@ class RtspRelay:
         self.url, self.address, self.port = url, address, parts.port or 554
         self.connect_timeout = connect_timeout
         self.refused: UrlRefused | None = None
+        self.error: OSError | None = None  # the last failure to reach the source
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(8)
@@ -52,7 +53,8 @@ class RtspRelay:
             try:
                 server = socket.create_connection((self.address, self.port), timeout=self.connect_timeout)
                 server.settimeout(None)
-            except OSError:
+            except OSError as e:
+                self.error = e  # FFmpeg only sees its connection closed: the reader reports this instead
                 client.close()
                 continue
             with self._lock:

@@ -190,8 +190,8 @@ class SourceReader:
             self._close_relay()
             if isinstance(e, UrlRefused):
                 pass  # the policy refused the address itself
-            elif self.relay is not None and self.relay.refused is not None:
-                e = self.relay.refused
+            elif self.relay is not None and (self.relay.refused or self.relay.error) is not None:
+                e = self.relay.refused or self.relay.error
             elif self.opener is not None and self.opener.failure is not None:
                 e = self.opener.failure
             elif self.opener is not None and isinstance(e, av.error.ArgumentError):  # EINVAL: the format_whitelist

@@ -75,3 +75,16 @@ def test_an_rtsp_server_that_never_answers_is_a_timeout():
     with SilentTcpServer() as silent:
         e = open_error(f"rtsp://127.0.0.1:{silent.port}/live", DecoderSettings(open_timeout_s=2, read_timeout_s=2))
     assert e.reason == "timeout" and e.retry, str(e)
+
+
+def test_an_error_never_shows_the_credentials_of_the_url_ffmpeg_was_given():
+    """FFmpeg names the URL it opened in its errors; an RTSP source is opened through a relay (and other
+    schemes at a pinned address), whose URL keeps the job's credentials: those must be masked too."""
+    from bench.sources import SilentTcpServer
+
+    with SilentTcpServer() as silent:
+        port = silent.port
+    e = open_error(f"rtsp://admin:hunter2@127.0.0.1:{port}/live", DecoderSettings(open_timeout_s=2, read_timeout_s=2))
+    assert "hunter2" not in str(e) and e.retry, str(e)
+    e = open_error(f"rtmp://admin:hunter2@localhost:{port}/live", DecoderSettings(open_timeout_s=2, read_timeout_s=2))
+    assert "hunter2" not in str(e), str(e)
