@@ -95,7 +95,8 @@ def open_options(url: str, settings: DecoderSettings) -> dict[str, str]:
     elif scheme in ("rtsp", "rtsps"):
         opts |= {"rtsp_transport": "tcp", "timeout": us}
     elif scheme in ("udp", "rtp"):
-        opts |= {"timeout": us, "overrun_nonfatal": "1", "fifo_size": "1000000"}
+        # fifo_size counts 188-byte packets
+        opts |= {"timeout": us, "overrun_nonfatal": "1", "fifo_size": str(settings.udp_buffer_bytes // 188)}
     elif scheme == "srt":
         opts |= {"timeout": us}
     elif scheme in ("rtmp", "rtmps"):

@@ -71,6 +71,9 @@ class DecoderSettings(_Strict):
     reconnect_max_s: float = Field(default=10.0, gt=0)
     max_reconnects: int = Field(default=20, ge=0)  # consecutive failed connects of a live source before it fails
     max_frame_pixels: int = Field(default=MAX_FRAME_PIXELS, ge=64 * 64)
+    # FFmpeg's receive buffer of a UDP/RTP stream (its pages fill as the stream passes through it): about 8 s of
+    # an 8 Mbit/s stream by default. It was 188 MB a stream, resident after a few minutes of a live stream
+    udp_buffer_bytes: int = Field(default=8_000_000, ge=188 * 1024, le=512_000_000)
     subtitle_max_bytes: int = Field(default=MAX_SUBTITLE_BYTES, ge=1024)  # a larger sidecar is ignored
     subtitle_fetch_s: float = Field(default=10.0, gt=0)  # a sidecar URL must arrive whole within this
     # a Redis outage (or OOM) is ridden out this long: streams hold their place (files) or record the gap (live)
