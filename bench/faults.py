@@ -106,6 +106,8 @@ class Service:
         ready = self.workdir / "ready"
         ready.unlink(missing_ok=True)
         start = time.monotonic()
+        if self.proc is not None:
+            self.log.close()  # the previous run's
         self.log = open(self.workdir / "up.log", "a")
         self.proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "up", "--config", str(self.config), "--model",
                                       str(self.model), "--num-cpus", "8", "--port", str(self.port), "--ready-file", str(ready)],
@@ -135,6 +137,8 @@ class Service:
                 self.proc.wait(90)
             except subprocess.TimeoutExpired:
                 self.kill_all()
+        if self.proc is not None:
+            self.log.close()
 
 
 def config_text(redis_url: str, prefix: str, media: Path, outage_s: float) -> str:
