@@ -26,6 +26,7 @@ class Batcher:
         self.batches = 0
         self.items = 0
         self.busy_s = 0.0
+        self.queued = 0  # items submitted and not answered yet (waiting, or in the running batch): the pool's load
         self.last_sizes: list[int] = []  # recent batch sizes (for metrics), capped
 
     def _start(self) -> None:
@@ -36,8 +37,12 @@ class Batcher:
     async def submit(self, item: Any) -> Any:
         self._start()
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, fut))
-        return await fut
+        self.queued += 1
+        try:
+            await self._queue.put((item, fut))
+            return await fut
+        finally:
+            self.queued -= 1
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -79,5 +84,5 @@ class Batcher:
                     fut.set_result(r)
 
     def stats(self) -> dict:
-        return {"batches": self.batches, "items": self.items, "busy_s": round(self.busy_s, 3),
+        return {"batches": self.batches, "items": self.items, "busy_s": round(self.busy_s, 3), "queued": self.queued,
                 "mean_batch": round(self.items / self.batches, 2) if self.batches else 0.0}

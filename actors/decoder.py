@@ -9,12 +9,14 @@ import threading
 import time
 
 from actors.assignment import Assignment
-from actors.pipeline import Pipeline, RayPipeline
+from actors.pipeline import Pipeline, RayPipeline, StageSet
+from actors.placement import here
 from actors.runner import StreamRunner
 from actors.sink import Fenced, Sink
 from videobert.reader import ClipSpec
 
 log = logging.getLogger(__name__)
+
 
 
 class DecoderActor:
@@ -31,7 +33,7 @@ class DecoderActor:
         self.redis = redis_client(settings.redis.url)
         self.sink = Sink.of(self.redis, self.keys, settings.redis)
         self.metrics = Metrics(self.redis, self.keys).start()
-        self.handles = stage_handles or {}
+        self.stages = StageSet(stage_handles or {})
         self._pipeline_factory = pipeline_factory
         self._spec: ClipSpec | None = ClipSpec.from_dict(spec) if spec else None
         self.runners: dict[str, StreamRunner] = {}
@@ -44,14 +46,23 @@ class DecoderActor:
         if self._spec is None:
             import ray
 
-            s = ray.get(self.handles["video_encoder"][0].clip_spec.remote(), timeout=120)
+            s = ray.get(self.stages.pick("video_encoder", 0).clip_spec.remote(), timeout=120)
             self._spec = ClipSpec.from_dict(s)
         return self._spec
 
     def _pipeline(self, key: int) -> Pipeline:
         if self._pipeline_factory is not None:
             return self._pipeline_factory(key)
-        return RayPipeline(self.handles["video_encoder"], self.handles["language"], self.handles["fusion"], key)
+        return RayPipeline(self.stages, key)
+
+    def set_stages(self, version: int, handles: dict[str, list]) -> int:
+        """The model replicas to use from now on (the autoscaler's); returns the version this decoder has."""
+        self.stages.update(handles, version)
+        return self.stages.version
+
+    def where(self) -> dict:
+        """Where this replica runs, for `vbs status --graph` and /readyz."""
+        return {**here(), "device": "cpu", "streams": len(self.runners), "stages_version": self.stages.version}
 
     def start_stream(self, a: Assignment) -> bool:
         """Take a stream (returns at once; the stream runs in a thread). False when full or closing."""

@@ -37,6 +37,10 @@ class Keys:
     def supervisor(self) -> str:  # the supervisor's heartbeat (a timestamp with a TTL): is the graph running?
         return f"{self.prefix}:supervisor"
 
+    @property
+    def graph(self) -> str:  # JSON: the pools and where each replica runs (actors/placement.py), with a TTL
+        return f"{self.prefix}:graph"
+
     def stream(self, stream_id: str) -> str:  # hash: status, owner, checkpoint, counters, latest result
         return f"{self.prefix}:stream:{stream_id}"
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 STAGES = ("video_encoder", "language", "fusion")
+POOLS = ("decoder", *STAGES)  # the graph's pools (actors/scaling.py)
 STATUSES = tuple(s.value for s in StreamStatus)
 FINAL_STATUSES = tuple(s.value for s in StreamStatus if s.terminal)
 FAILURE_REASONS = tuple(r.value for r in FailureReason if r is not FailureReason.stopped)
@@ -86,6 +87,9 @@ METRICS: tuple[MetricDef, ...] = (
               ("stage",), LATENCY_BUCKETS, values={"stage": STAGES}),
     MetricDef("vbs_stage_batch_size", "histogram", "Items in one batch call of a model stage.",
               ("stage",), BATCH_BUCKETS, values={"stage": STAGES}),
+    MetricDef("vbs_pool_scale_events_total", "counter",
+              "Replicas a pool of the graph added (up) or retired (down) to follow its load.",
+              ("stage", "direction"), values={"stage": POOLS, "direction": ("up", "down")}),
     MetricDef("vbs_tag_latency_seconds", "histogram",
               "End-to-end latency of live streams: end of a clip in stream time to its tag in Redis.",
               (), TAG_LATENCY_BUCKETS),
@@ -104,6 +108,11 @@ METRICS: tuple[MetricDef, ...] = (
               source="scrape"),
     MetricDef("vbs_ingest_pending", "gauge",
               "Jobs read but not acked by the supervisors' group (streams being run).", source="scrape"),
+    MetricDef("vbs_pool_replicas", "gauge", "Replicas of each pool of the graph that are running (serving).",
+              ("stage",), source="scrape", values={"stage": POOLS}),
+    MetricDef("vbs_pool_target_replicas", "gauge",
+              "Replicas each pool wants for its load (between its min_replicas and max_replicas).",
+              ("stage",), source="scrape", values={"stage": POOLS}),
     MetricDef("vbs_up", "gauge", "Always 1: the metrics endpoint answered and read Redis (a failed read fails the scrape).",
               source="scrape"),
 )
@@ -334,6 +343,16 @@ def _stream_statuses(r, keys: Keys) -> dict[str, int]:
     return counts
 
 
+def _pools(r, keys: Keys) -> dict:
+    """The pools of the graph view the autoscaler writes (nothing while no graph runs)."""
+    from actors.placement import read_view
+
+    try:
+        return (read_view(r, keys) or {}).get("pools", {})
+    except ValueError:  # not JSON: written by something else
+        return {}
+
+
 class _Collector:
     def __init__(self, r, keys: Keys):
         self.r, self.keys = r, keys
@@ -407,6 +426,9 @@ class _Collector:
         values["vbs_ingest_backlog"] = {(): float(backlog)}
         values["vbs_ingest_pending"] = {(): float(pending)}
         values["vbs_up"] = {(): 1.0}
+        pools = _pools(r, keys)
+        values["vbs_pool_replicas"] = {(p,): float(pools.get(p, {}).get("replicas", 0)) for p in POOLS}
+        values["vbs_pool_target_replicas"] = {(p,): float(pools.get(p, {}).get("target", 0)) for p in POOLS}
 
         for m in METRICS:
             if m.type == "counter":

@@ -8,7 +8,7 @@ import logging
 import os
 
 from actors.batching import Batcher
-from schemas.config import RedisSettings, StageSettings
+from schemas.config import RedisSettings, StageSettings, visible_gpus
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,16 @@ def _setup(settings: StageSettings, device: str, minilm_dir: str | None):
     use_minilm(minilm_dir)
     torch.set_num_threads(settings.threads)  # Ray's OMP_NUM_THREADS follows num_cpus; we decide on purpose
     dev = stage_device(device, settings.num_gpus)
-    log.info("stage on %s with %d torch threads (pid %d)", dev, settings.threads, os.getpid())
+    log.info("stage on %s with %d torch threads (pid %d, CUDA_VISIBLE_DEVICES=%s)", dev, settings.threads, os.getpid(),
+             visible_gpus())
     return dev
 
 
 class _Batched:
     name = "stage"
 
-    def _init_batcher(self, stage, settings: StageSettings, redis: RedisSettings | None) -> None:
-        self.stage = stage
+    def _init_batcher(self, stage, settings: StageSettings, redis: RedisSettings | None, device="cpu") -> None:
+        self.stage, self.device = stage, str(device)
         self.metrics = None
         if redis is not None:
             from actors.keys import Keys, redis_client
@@ -50,6 +51,12 @@ class _Batched:
     def ready(self) -> bool:
         return True
 
+    def where(self) -> dict:
+        """Where this replica runs and its queue (the autoscaler asks every interval)."""
+        from actors.placement import here
+
+        return {**here(), "device": self.device, "queued": self.batcher.queued}
+
 
 class VideoEncoderActor(_Batched):
     name = "video_encoder"
@@ -58,7 +65,8 @@ class VideoEncoderActor(_Batched):
                  minilm_dir: str | None = None):
         from actors.stages import VideoEncoderStage
 
-        self._init_batcher(VideoEncoderStage(model_dir, _setup(settings, device, minilm_dir)), settings, redis)
+        dev = _setup(settings, device, minilm_dir)
+        self._init_batcher(VideoEncoderStage(model_dir, dev), settings, redis, dev)
 
     def clip_spec(self) -> dict:
         return self.stage.spec.to_dict()
@@ -90,7 +98,8 @@ class FusionActor(_Batched):
                  minilm_dir: str | None = None):
         from actors.stages import FusionStage
 
-        self._init_batcher(FusionStage(model_dir, _setup(settings, device, minilm_dir)), settings, redis)
+        dev = _setup(settings, device, minilm_dir)
+        self._init_batcher(FusionStage(model_dir, dev), settings, redis, dev)
 
     async def tag(self, item, text_ids, *words):
         """Tag one clip (a ClipScore). `text_ids` and `words` arrive as object refs from the other stages; Ray

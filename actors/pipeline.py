@@ -42,19 +42,35 @@ class LocalPipeline:
         return handle
 
 
+class StageSet:
+    """The model replicas a decoder sends clips to, one list per stage. The graph's autoscaler replaces the
+    lists as pools grow and shrink (`update`); a pipeline picks its replica at each clip, so a retiring replica
+    gets no new clip once the decoder has the new lists. `version` tells the autoscaler whether it has them."""
+
+    def __init__(self, handles: dict[str, list], version: int = 0):
+        self.handles, self.version = {k: list(v) for k, v in handles.items()}, version
+
+    def update(self, handles: dict[str, list], version: int) -> None:
+        if version > self.version and all(handles.get(s) for s in ("video_encoder", "language", "fusion")):
+            self.handles, self.version = {k: list(v) for k, v in handles.items()}, version
+
+    def pick(self, stage: str, key: int):
+        replicas = self.handles[stage]
+        return replicas[key % len(replicas)]
+
+
 class RayPipeline:
     """Clips through the model actors as a chain of object refs: the decoder never waits between stages,
-    and each stage batches across every stream. A stream sticks to one replica of each stage."""
+    and each stage batches across every stream. A stream sticks to one replica of each stage while the pools
+    keep their size."""
 
-    def __init__(self, video_encoders: list, languages: list, fusions: list, key: int = 0):
-        self.v = video_encoders[key % len(video_encoders)]
-        self.l = languages[key % len(languages)]
-        self.f = fusions[key % len(fusions)]
+    def __init__(self, stages: StageSet, key: int = 0):
+        self.stages, self.key = stages, key
 
     def submit(self, clip, context, item):
-        word = self.v.encode.remote(clip.frames)
-        text = self.l.encode.remote(clip.text) if clip.text else None
-        return word, self.f.tag.remote(item, text, *context, word)
+        word = self.stages.pick("video_encoder", self.key).encode.remote(clip.frames)
+        text = self.stages.pick("language", self.key).encode.remote(clip.text) if clip.text else None
+        return word, self.stages.pick("fusion", self.key).tag.remote(item, text, *context, word)
 
     def result(self, handle, timeout):
         import ray

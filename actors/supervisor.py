@@ -57,6 +57,7 @@ class Supervisor:
         self.call = call or _ray_call
         self.sink = Sink.of(self.redis, self.keys, settings.redis)
         self.held: dict[str, Held] = {}
+        self.draining: set[str] = set()  # decoders being retired: they get no new stream
         self.retry: dict[str, tuple] = {}  # entry -> (fields, handler, failed tries): handled again next tick
         self.ingested = 0
         self._beat = self._pruned = 0.0
@@ -139,7 +140,10 @@ class Supervisor:
         for entry, (fields, handle, tries) in list(self.retry.items()):  # what failed last time, first
             del self.retry[entry]
             self._safely(entry, fields, handle, tries)
-        room = len(self.decoders) * self.settings.decoder.max_streams - len(self.held)
+        # streams are taken up to what the largest decoder pool could run: those without a decoder yet wait as
+        # queued, and their number is what makes the pool grow
+        pool = max(len(self.decoders), self.settings.decoder.max_replicas or 0)
+        room = pool * self.settings.decoder.max_streams - len(self.held)
         if room <= 0:
             time.sleep(self.settings.supervisor.poll_ms / 1000)
             return
@@ -206,8 +210,8 @@ class Supervisor:
 
     # -- assignment ------------------------------------------------------------------------------------
     def _load(self) -> dict[str, int]:
-        load = {name: 0 for name in self.decoders}
-        for h in self.held.values():
+        load = {name: 0 for name in list(self.decoders)}
+        for h in list(self.held.values()):  # a copy: stats() reads it from another thread
             if h.decoder in load:
                 load[h.decoder] += 1
         return load
@@ -217,7 +221,7 @@ class Supervisor:
         load = self._load()
         order = sorted(load, key=lambda n: (n == avoid and len(load) > 1, load[n]))
         for name in order:
-            if load[name] >= self.settings.decoder.max_streams:
+            if load[name] >= self.settings.decoder.max_streams or name in self.draining:
                 continue
             a = h.a.handed(uuid.uuid4().hex)
             self.redis.hset(self.keys.stream(sid), mapping=StreamState.encode(
@@ -270,7 +274,8 @@ class Supervisor:
                     self._assign(sid)
                 continue
             active = actives.get(h.decoder)
-            gone = active is not None and active.get(sid) != h.a.token and now - h.since > 3.0
+            gone = h.decoder not in self.decoders or (active is not None and active.get(sid) != h.a.token
+                                                      and now - h.since > 3.0)
             silent = (now - (st.heartbeat or 0.0) > lease and now - h.since > lease
                       and now - self._redis_back_at > lease)
             if gone or silent:
@@ -287,6 +292,37 @@ class Supervisor:
         log.warning("stream %s: reclaimed from %s (%s); resuming from its checkpoint", sid, h.decoder, why)
         self.redis.hincrby(self.keys.counters, "reclaims", 1)
         self._assign(sid, avoid=h.decoder)
+
+    # -- the decoder pool (actors/graph.py's autoscaler) -------------------------------------------------
+    def set_decoders(self, decoders: dict, draining: set[str] = frozenset()) -> None:
+        """The decoder pool: name -> handle, `draining` those being retired (they keep their streams until
+        `retire` moves them, and get no new one). A new decoder is used at once; the streams of one that left
+        are reclaimed on the next check (their owner is gone)."""
+        self.decoders = dict(decoders)
+        self.draining = set(draining) & set(decoders)
+
+    def retire(self, name: str, handle=None, timeout: float = 30.0) -> int:
+        """Drain a decoder the pool no longer wants: it is handed no new stream, it lets go of its streams
+        without ending them (the fenced release: whatever it still writes is refused), and each is handed to
+        another decoder at once, resuming from its checkpoint. A move, not a reclaim: it counts as no attempt.
+        Returns how many streams moved."""
+        d = self.decoders.get(name, handle)
+        if d is None:
+            return 0
+        self.draining.add(name)
+        try:
+            self.call(d, "close", timeout=timeout)
+        except Exception as e:  # noqa: BLE001 - dead already: its streams move all the same
+            log.warning("decoder %s did not close cleanly while retiring: %s", name, e)
+        self.decoders.pop(name, None)
+        self.draining.discard(name)
+        moved = [sid for sid, h in self.held.items() if h.decoder == name]
+        for sid in moved:
+            h = self.held[sid]
+            h.decoder, h.a = None, h.a.handed("")
+            self._assign(sid, avoid=name)
+        log.info("decoder %s retired; %d stream(s) moved", name, len(moved))
+        return len(moved)
 
     # -- endings the supervisor writes itself --------------------------------------------------------
     def _fail(self, sid: str, entry: str, reason: FailureReason, error: str, url: str,
@@ -350,8 +386,8 @@ class Supervisor:
         return len(gone)
 
     def stats(self) -> dict:
-        return {"held": len(self.held), "ingested": self.ingested,
-                "by_decoder": self._load()}
+        return {"held": len(self.held), "ingested": self.ingested, "by_decoder": self._load(),
+                "unassigned": sum(1 for h in list(self.held.values()) if h.decoder is None)}
 
 
 def _text(b) -> str:
@@ -385,8 +421,14 @@ class SupervisorActor:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         use_minilm(settings.minilm_dir)  # the label check at intake reads the tokenizer
-        decoders = {n: ray.get_actor(n, namespace=namespace) for n in decoder_names}
+        decoders = {}
+        for n in decoder_names:  # after a restart some may have retired since: the autoscaler sends the pool
+            try:
+                decoders[n] = ray.get_actor(n, namespace=namespace)
+            except ValueError:
+                log.info("decoder %s is gone", n)
         self.sup = Supervisor(settings, decoders)
+        self._lock = threading.Lock()  # the loop's tick and the pool's changes, one at a time
         self._closing = threading.Event()
         self.errors = 0
         self._thread = threading.Thread(target=self._loop, daemon=True, name="supervisor")
@@ -396,7 +438,8 @@ class SupervisorActor:
         backoff = 0.1
         while not self._closing.is_set():
             try:
-                self.sup.tick()
+                with self._lock:
+                    self.sup.tick()
                 backoff = 0.1
             except Exception:  # noqa: BLE001 - Redis down, a decoder gone: retry with backoff
                 self.errors += 1
@@ -405,7 +448,16 @@ class SupervisorActor:
                 backoff = min(backoff * 2, 5.0)
 
     def stats(self) -> dict:
-        return {**self.sup.stats(), "errors": self.errors}
+        return {**self.sup.stats(), "errors": self.errors, "decoders": sorted(self.sup.decoders),
+                "draining": sorted(self.sup.draining)}
+
+    def set_decoders(self, decoders: dict, draining: list[str] = ()) -> None:
+        with self._lock:
+            self.sup.set_decoders(decoders, set(draining))
+
+    def retire_decoder(self, name: str, handle=None, timeout: float = 30.0) -> int:
+        with self._lock:
+            return self.sup.retire(name, handle, timeout)
 
     def ready(self) -> bool:
         return True

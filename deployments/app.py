@@ -278,7 +278,15 @@ class Ingress:
         except Exception:  # noqa: BLE001
             checks["graph"] = False
         ok = checks["redis"] and checks["model"] and checks["graph"]
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        if checks["redis"]:  # where the graph runs: each pool and each replica's node and device
+            try:
+                raw = await self.redis.get(self.keys.graph)
+                view = json.loads(raw) if raw else None
+                body["graph"] = {"pools": view["pools"], "replicas": view["replicas"]} if view else None
+            except Exception:  # noqa: BLE001 - the checks above say what matters
+                body["graph"] = None
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @api.get("/metrics")
     async def metrics(self, request: Request):

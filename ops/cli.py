@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger("vbs")
@@ -234,6 +235,8 @@ def cmd_status(a: argparse.Namespace) -> int:
     from actors import control
 
     r, keys = _redis_for(a)
+    if a.graph:
+        return _print_graph(r, keys)
     ids = [a.id] if a.id else r.zrevrange(keys.streams, 0, a.limit - 1)
     for sid in ids:
         st = control.state(r, keys, sid)
@@ -245,6 +248,27 @@ def cmd_status(a: argparse.Namespace) -> int:
         if not a.latest:
             row.pop("latest")
         print(json.dumps(row))
+    return 0
+
+
+def _print_graph(r, keys) -> int:
+    """The pools (running, target, bounds) and where each replica runs, as the autoscaler last wrote them."""
+    from actors.placement import read_view
+
+    view = read_view(r, keys)
+    if view is None:
+        raise FileNotFoundError(f"no graph is running under the prefix {keys.prefix!r} (vbs up starts one)")
+    age = time.time() - view["at"]
+    print(f"graph under prefix {keys.prefix!r} (seen {age:.0f} s ago)")
+    print(f"{'pool':<14}{'running':>8}{'target':>8}{'min':>5}{'max':>5}{'starting':>10}{'draining':>10}")
+    for name, p in view["pools"].items():
+        print(f"{name:<14}{p['replicas']:>8}{p['target']:>8}{p['min']:>5}{p['max']:>5}{p['starting']:>10}"
+              f"{p['draining']:>10}")
+    print(f"\n{'replica':<28}{'state':<10}{'node':<16}{'node id':<14}{'device':<8}{'load':>6}")
+    for x in view["replicas"]:
+        load = x.get("streams", x.get("queued", ""))
+        print(f"{x['name']:<28}{x['state']:<10}{x.get('node_ip') or '-':<16}{(x.get('node_id') or '-')[:12]:<14}"
+              f"{x.get('device') or '-':<8}{load!s:>6}")
     return 0
 
 
@@ -541,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("id", nargs="?", default=None)
     st.add_argument("--limit", type=int, default=20)
     st.add_argument("--latest", action="store_true", help="include the latest result")
+    st.add_argument("--graph", action="store_true",
+                    help="the graph instead: each pool's running and target replicas, and where each replica runs "
+                         "(node, device, its streams or queue)")
     st.add_argument("--redis-url", default=None)
     st.add_argument("--config", default=None)
     st.set_defaults(func=cmd_status)

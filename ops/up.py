@@ -101,8 +101,20 @@ def run(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     graph = demo = None
     try:
-        ctx = ray.init(address=args.address, namespace="vbs", include_dashboard=False, log_to_driver=args.verbose,
-                       configure_logging=False, **({} if args.address else {"num_cpus": args.num_cpus}))
+        from actors.cluster import model_on_every_node, runtime_env
+
+        # joining a cluster: the code travels to every node as the job's working_dir; the dashboard (and with it
+        # `serve status`, `ray status` and the job's logs) is on either way
+        joined = dict(runtime_env=runtime_env(settings.minilm_dir)) if args.address else dict(num_cpus=args.num_cpus,
+                                                                            dashboard_host="127.0.0.1")
+        ctx = ray.init(address=args.address, namespace="vbs", include_dashboard=True, log_to_driver=args.verbose,
+                       configure_logging=False, **joined)
+        if args.address:
+            missing = [n for n, ok in model_on_every_node(settings.model_dir).items() if not ok]
+            if missing:
+                raise ValueError(f"the model directory {settings.model_dir} is missing on {len(missing)} node(s) "
+                                 f"({', '.join(m[:12] for m in missing)}): put it on a path every node shares (NFS, "
+                                 "a Kubernetes volume) or in the image; see README, Scaling out")
         graph = start_graph(settings)
         keys = Keys(settings.redis.prefix)
         port = args.port or settings.api.port
@@ -110,7 +122,8 @@ def run(args) -> int:
         page = f"http://{settings.api.host}:{port}/"
         print(f"vbs up: streaming graph running ({len(graph.decoders)} decoder(s); model {settings.model_dir})", flush=True)
         print(f"  redis:   {redact(url)}{' (started for this session)' if local else ''}", flush=True)
-        print(f"  ray:     {getattr(ctx, 'address_info', {}).get('address') or args.address or 'local'}", flush=True)
+        print(f"  ray:     {getattr(ctx, 'address_info', {}).get('address') or args.address or 'local'}"
+              f"  (dashboard: {ctx.dashboard_url or 'off'})", flush=True)
         print(f"  ingest:  redis-cli -u {redact(url)} XADD {keys.ingest} '*' url <URL>   (or: vbs push URL)", flush=True)
         print(f"  tags:    {keys.tags('<id>')} (stream), {keys.stream('<id>')} (status), pub/sub {keys.live('<id>')}",
               flush=True)

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 MINILM_ENV = "VBS_MINILM_DIR"  # a copy of the MiniLM files elsewhere (a machine without the package)
@@ -21,6 +21,23 @@ MAX_SUBTITLE_BYTES = 2_000_000  # a sidecar subtitle file larger than this is ig
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Pool(_Strict):
+    """A pool's bounds: min_replicas <= replicas <= max_replicas, each unset bound being `replicas`."""
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        lo = self.replicas if self.min_replicas is None else self.min_replicas
+        hi = self.replicas if self.max_replicas is None else self.max_replicas
+        if self.min_replicas is not None and self.max_replicas is None:
+            hi = max(hi, lo)
+        if self.max_replicas is not None and self.min_replicas is None:
+            lo = min(lo, hi)
+        if not lo <= self.replicas <= hi:
+            raise ValueError(f"replicas ({self.replicas}) must lie between min_replicas ({lo}) and max_replicas ({hi})")
+        self.min_replicas, self.max_replicas = lo, hi
+        return self
 
 
 class RedisSettings(_Strict):
@@ -48,10 +65,17 @@ class UrlPolicy(_Strict):
     segment_hosts: Literal["same", "any"] = "same"
 
 
-class StageSettings(_Strict):
-    """A model stage: an actor per replica, batching across all streams."""
+class StageSettings(_Pool):
+    """A model stage: a pool of actors (one per replica), each batching across all streams. The pool follows
+    its load between min_replicas and max_replicas (see AutoscalingSettings): its load is the queue, the clips
+    (or lines) waiting in a replica or in its running batch, averaged over `look_back_s`; the pool wants
+    ceil(total queue / target_queue) replicas. A full batch waiting per replica is the default target."""
 
-    replicas: int = Field(default=1, ge=1, le=64)
+    replicas: int = Field(default=1, ge=1, le=64)  # the starting count
+    min_replicas: int | None = Field(default=None, ge=1, le=64)  # unset: replicas
+    max_replicas: int | None = Field(default=None, ge=1, le=64)  # unset: replicas (a fixed pool)
+    target_queue: float | None = Field(default=None, gt=0)  # items waiting per replica; unset: max_batch_size
+    resources: dict[str, float] = {}  # custom Ray resources each replica asks for (a node type's, say)
     num_gpus: float = Field(default=0.0, ge=0)  # fractions allowed; 0 on a machine without GPUs
     num_cpus: float = Field(default=1.0, ge=0)
     threads: int = Field(default=1, ge=1, le=64)  # torch threads inside the actor
@@ -59,10 +83,19 @@ class StageSettings(_Strict):
     max_wait_ms: float = Field(default=20.0, ge=0, le=10_000)
 
 
-class DecoderSettings(_Strict):
-    replicas: int = Field(default=1, ge=1, le=256)
+class DecoderSettings(_Pool):
+    """The decoder pool follows the streams held (running or waiting for a decoder): it wants
+    ceil(streams / streams_per_replica) replicas, between min_replicas and max_replicas."""
+
+    replicas: int = Field(default=1, ge=1, le=256)  # the starting count
+    min_replicas: int | None = Field(default=None, ge=1, le=256)  # unset: replicas
+    max_replicas: int | None = Field(default=None, ge=1, le=256)  # unset: replicas (a fixed pool)
+    streams_per_replica: int = Field(default=16, ge=1)  # the load a decoder is sized for (scaling target)
+    # custom Ray resources each decoder asks for: e.g. {vbs_decode = 1} with CPU worker nodes advertising
+    # vbs_decode, so decoders go only where CPU work belongs (ops/cluster.yaml, ops/rayservice.yaml)
+    resources: dict[str, float] = {}
     num_cpus: float = Field(default=0.5, ge=0)
-    max_streams: int = Field(default=64, ge=1)  # per decoder actor
+    max_streams: int = Field(default=64, ge=1)  # per decoder actor, a hard cap (streams_per_replica: the target)
     open_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=10.0, gt=0)
     watchdog_s: float = Field(default=30.0, gt=0)  # no frame and no error for this long: the source is abandoned
@@ -82,6 +115,19 @@ class DecoderSettings(_Strict):
     # earlier clips of the same stream given to the fusion model with each clip (the uploads of POST /v1/tag and
     # `vbs tag --context` use the same meaning); 0: each clip alone
     context_clips: int = Field(default=0, ge=0, le=8)
+
+
+class AutoscalingSettings(_Strict):
+    """How the pools follow their load (actors/scaling.py). Scale-up is at once, by as many replicas as the
+    load asks for; scale-down waits until the pool has wanted fewer for `downscale_delay_s` without a break,
+    then drains one replica at a time (a decoder hands its streams back; a model replica answers its queue)."""
+
+    enabled: bool = True  # false: every pool keeps its starting `replicas`
+    interval_s: float = Field(default=1.0, gt=0, le=60)  # how often the load is read
+    look_back_s: float = Field(default=5.0, gt=0, le=600)  # a model pool's queue is averaged over this
+    downscale_delay_s: float = Field(default=30.0, ge=0)
+    drain_timeout_s: float = Field(default=60.0, gt=0)  # a retiring replica is killed after this at the latest
+    start_timeout_s: float = Field(default=600.0, gt=0)  # a new replica still pending after this is given up
 
 
 class SupervisorSettings(_Strict):
@@ -133,6 +179,7 @@ class Settings(_Strict):
     language: StageSettings = StageSettings(num_cpus=0.25, max_batch_size=64)
     fusion: StageSettings = StageSettings(max_batch_size=32)
     supervisor: SupervisorSettings = SupervisorSettings()
+    autoscaling: AutoscalingSettings = AutoscalingSettings()
     api: ApiSettings = ApiSettings()
     tagger: TaggerSettings = TaggerSettings()
 
@@ -179,3 +226,8 @@ def onednn_isa_cap(env: dict[str, str] | None = None) -> str | None:
     """The instruction-set cap oneDNN was given (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA)."""
     env = os.environ if env is None else env
     return env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or None
+
+
+def visible_gpus(env: dict[str, str] | None = None) -> str:
+    """CUDA_VISIBLE_DEVICES: the GPUs Ray gave this process (logs and the CPU fallback's warning)."""
+    return (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES", "")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(requested: str | torch.device | None = None) -> torch.device:
@@ -21,6 +25,14 @@ def pick_device(requested: str | torch.device | None = None) -> torch.device:
 
 
 def stage_device(requested: str, gpus: float) -> torch.device:
-    """A model stage's device: with `gpus` > 0 from Ray, as `requested` ("auto": CUDA when there); with none,
-    the CPU unless a device was named explicitly (a stage Ray gave no GPU must not take one)."""
+    """A model stage's device: with `gpus` > 0 from Ray, as `requested` ("auto": the CUDA device Ray gave it,
+    which CUDA_VISIBLE_DEVICES makes cuda:0; the CPU, with a warning, where Ray has the GPU resource but this
+    process sees no CUDA, as on a node whose GPUs are only declared); with none, the CPU unless a device was
+    named explicitly (a stage Ray gave no GPU must not take one)."""
+    if gpus > 0 and str(requested) == "auto" and not torch.cuda.is_available():
+        from schemas.config import visible_gpus
+
+        log.warning("this stage was given %.2f GPU by Ray (CUDA_VISIBLE_DEVICES=%r) but sees no CUDA device: it runs "
+                    "on the CPU", gpus, visible_gpus())
+        return torch.device("cpu")
     return pick_device(requested if gpus > 0 or requested != "auto" else "cpu")
