@@ -116,7 +116,7 @@ class Graph:
                            "min": p.cfg.min_replicas, "max": p.cfg.max_replicas}
             for r in p.replicas.values():
                 replicas.append({"pool": name, "name": r.name, "state": r.state,
-                                 **{k: r.info.get(k) for k in ("node_id", "node_ip", "device", "pid") if k in r.info},
+                                 **{k: r.info.get(k) for k in ("node_id", "node_ip", "device", "pid", "code") if k in r.info},
                                  **({"streams": r.info["streams"]} if "streams" in r.info else {}),
                                  **({"start_s": r.start_s} if r.start_s is not None else {}),
                                  **({"queued": r.info["queued"]} if "queued" in r.info else {})})
@@ -217,7 +217,15 @@ class Graph:
         for r in pool.in_state(STARTING)[:n]:
             self._kill(pool, r)
             n -= 1
-        running = sorted(pool.in_state(RUNNING), key=lambda r: (r.info.get("streams", 0), r.info.get("queued", 0)))
+        # the replicas whose nodes host the fewest of the graph's replicas go first (so that nodes empty and the
+        # cluster autoscaler can release them), then the least loaded, then the newest
+        per_node: dict[str, int] = {}
+        for p in self.pools.values():
+            for x in p.in_state(STARTING, RUNNING):
+                per_node[x.info.get("node_id", "")] = per_node.get(x.info.get("node_id", ""), 0) + 1
+        running = sorted(pool.in_state(RUNNING), key=lambda r: (per_node.get(r.info.get("node_id", ""), 0),
+                                                                r.info.get("streams", 0), r.info.get("queued", 0),
+                                                                -_index(r.name)))
         for r in running[:n]:
             r.state, r.since, changed = DRAINING, now, True
             if pool.stage == "decoder":
@@ -331,6 +339,10 @@ class Graph:
                 self._redis.delete(Keys(self.settings.redis.prefix).graph)
             except Exception:  # noqa: BLE001
                 pass
+
+
+def _index(name: str) -> int:
+    return int(name.rsplit("-", 1)[-1])
 
 
 def start_graph(settings: Settings, name_prefix: str | None = None, ready_timeout: float = 300,

@@ -68,7 +68,7 @@ def trained_model(tmp_path_factory) -> Path:
     return root
 
 
-OPT_IN = ("soak", "quality", "faults")
+OPT_IN = ("soak", "quality", "faults", "cluster")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -80,6 +80,7 @@ lease_s = 4.0
             # when Ctrl-C: the service stops cleanly and the live stream is queued again, its job pending
             text = interrupt(p)
             assert "stopping" in text and f"{prefix}:ingest" in text
+            assert "(dashboard: http://127.0.0.1:" in text, "the Ray dashboard is on (serve status needs it)"
             h = streams.status("up-live")
             assert h["status"] == "queued" and h["owner"] == "" and h["entry"] in streams.pending(), h
             n = len(streams.tags("up-live"))
