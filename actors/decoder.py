@@ -115,6 +115,27 @@ class DecoderActor:
                 "clips": sum(r.counters.clips for r in runners), "dropped": sum(r.counters.dropped for r in runners),
                 "reconnects": sum(r.counters.reconnects for r in runners), "latencies": lat}
 
+    def let_go(self, stream_id: str, timeout: float = 10.0) -> bool:
+        """Give one stream back without ending it (the fenced release), for the supervisor to move it to another
+        decoder, and wait until its runner has stopped (it holds the source: a UDP port, a connection). False if
+        it does not run here."""
+        with self._lock:
+            r = self.runners.get(stream_id)
+        if r is None:
+            return False
+        r.fenced.set()
+        try:
+            self.sink.release(stream_id, r.a.token)
+        except Exception as e:  # noqa: BLE001 - the new owner's token fences it all the same
+            log.warning("stream %s: could not release: %s", stream_id, e)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.runners.get(stream_id) is not r:
+                    break
+            time.sleep(0.05)
+        return True
+
     def close(self, timeout: float = 10.0) -> int:
         """Shutdown: stop taking streams and let go of the running ones *without* ending them, so that
         whoever runs the graph next resumes them from their checkpoints. Returns how many were let go."""

@@ -79,6 +79,7 @@ class Graph:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     metrics: object = None
+    started: list[dict] = field(default_factory=list)  # every replica that came up: pool, name, start_s
 
     # -- views --------------------------------------------------------------------------------------------
     @property
@@ -169,6 +170,8 @@ class Graph:
                         self._kill(pool, r)
                         continue
                     r.state, r.start_s, r.since, r.ready, changed = RUNNING, round(now - r.since, 2), now, None, True
+                    self.started.append({"pool": pool.stage, "name": r.name, "start_s": r.start_s,
+                                         "node_id": r.info.get("node_id", "")})
                     log.info("replica %s running on node %s (%s)", r.name, r.info.get("node_ip"), r.info.get("device"))
                 elif now - r.since > self.settings.autoscaling.start_timeout_s:
                     log.error("replica %s still pending after %.0f s (no node has its resources?): given up",

@@ -216,10 +216,10 @@ class Supervisor:
                 load[h.decoder] += 1
         return load
 
-    def _assign(self, sid: str, avoid: str | None = None) -> bool:
+    def _assign(self, sid: str, avoid: str | None = None, prefer: str | None = None) -> bool:
         h = self.held[sid]
         load = self._load()
-        order = sorted(load, key=lambda n: (n == avoid and len(load) > 1, load[n]))
+        order = sorted(load, key=lambda n: (n != prefer, n == avoid and len(load) > 1, load[n]))
         for name in order:
             if load[name] >= self.settings.decoder.max_streams or name in self.draining:
                 continue
@@ -292,6 +292,32 @@ class Supervisor:
         log.warning("stream %s: reclaimed from %s (%s); resuming from its checkpoint", sid, h.decoder, why)
         self.redis.hincrby(self.keys.counters, "reclaims", 1)
         self._assign(sid, avoid=h.decoder)
+
+    def _rebalance(self, moves: int = 2) -> int:
+        """Spread the streams when decoders join: while one decoder runs more than `streams_per_replica` and
+        another fewer (by two or more), move a stream from the first to the second, as a retiring decoder's
+        move (fenced release, resumed from its checkpoint; no attempt counted). At most `moves` a tick."""
+        target, moved = self.settings.decoder.streams_per_replica, 0
+        for _ in range(moves):
+            load = {n: c for n, c in self._load().items() if n not in self.draining}
+            if len(load) < 2:
+                break
+            busiest, idlest = max(load, key=load.get), min(load, key=load.get)
+            if load[busiest] <= target or load[idlest] >= target or load[busiest] - load[idlest] < 2:
+                break
+            sid = next(s for s, h in self.held.items() if h.decoder == busiest)
+            try:
+                self.call(self.decoders[busiest], "let_go", sid, timeout=15)
+            except Exception as e:  # noqa: BLE001 - its liveness check decides what becomes of it
+                log.warning("decoder %s did not let stream %s go: %s", busiest, sid, e)
+                break
+            h = self.held[sid]
+            h.decoder, h.a = None, h.a.handed("")
+            self._assign(sid, avoid=busiest, prefer=idlest)
+            log.info("stream %s: moved from %s to %s (%d and %d streams)", sid, busiest, h.decoder, load[busiest],
+                     load[idlest])
+            moved += 1
+        return moved
 
     # -- the decoder pool (actors/graph.py's autoscaler) -------------------------------------------------
     def set_decoders(self, decoders: dict, draining: set[str] = frozenset()) -> None:
@@ -369,6 +395,7 @@ class Supervisor:
             self._pruned = now
             self._prune_listing(now)
         self._check()
+        self._rebalance()
         self._read_new()
 
     def _prune_listing(self, now: float) -> int:

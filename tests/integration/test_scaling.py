@@ -150,6 +150,35 @@ def test_a_retiring_decoder_moves_its_streams_and_no_clip_is_lost_or_doubled(own
             proxy.stop()
 
 
+def test_streams_spread_onto_decoders_that_join_and_no_clip_is_lost_or_doubled(own_graph, trained_model):
+    # given one decoder of a pool of up to two, one stream each, and two slow VOD streams that both land on it
+    videos = largest_videos(trained_model, 2)
+    with HttpServer(videos[0].parent) as http:
+        proxy = TcpProxy(http.port).start()
+        proxy.drip(600, rate=20_000)
+        try:
+            g = own_graph(settings_for(trained_model, decoder={"replicas": 1, "min_replicas": 1, "max_replicas": 2,
+                                                               "streams_per_replica": 1},
+                                       autoscaling={"interval_s": 0.5, "downscale_delay_s": 30}))
+            first = set(g.decoders)
+            streams = Streams(g.settings)
+            for i, v in enumerate(videos):
+                streams.push(proxy.url(v.name), f"s{i}")
+            # when the second decoder joins, one stream moves to it (the first one sat idle before)
+            wait_for(lambda: len({streams.status(f"s{i}").get("owner") for i in range(2)} - {"", None}) == 2, 90,
+                     f"the streams on two decoders: {[streams.status(f's{i}').get('owner') for i in range(2)]}")
+            owners = {streams.status(f"s{i}")["owner"] for i in range(2)}
+            assert owners - first, "one stream runs on the decoder that joined"
+            # then both finish, every clip tagged once, and the move counted no attempt
+            for i in range(2):
+                h = streams.wait(f"s{i}", {"finished", "failed"}, timeout=180)
+                assert h["status"] == "finished" and int(h.get("attempts", 0)) == 0, json.dumps(h)
+            for i, v in enumerate(videos):
+                assert_complete_once(streams, f"s{i}", clip_starts(g, v))
+        finally:
+            proxy.stop()
+
+
 def test_a_model_pool_grows_with_its_queue_and_retires_a_replica_only_after_answering(own_graph, trained_model):
     # given a video encoder pool of 1..2 replicas whose target is one clip waiting per replica
     g = own_graph(settings_for(trained_model, video_encoder={"min_replicas": 1, "max_replicas": 2, "target_queue": 1},
