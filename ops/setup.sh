@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Set-up, idempotent: a virtual environment in .venv with the project and its test extra installed.
-# Reinstalls only when pyproject.toml changed since the last run.
+# Reinstalls only when pyproject.toml changed since the last run. VBS_SETUP=service (ops/Dockerfile): only
+# what the service runs with (ffmpeg, redis-server, openssl; the project without its test extra).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 # System tools: ffmpeg serves the live test and demo streams (HLS, UDP); redis-server lets `vbs up` start its
 # own Redis; prometheus (with promtool) and chromium + chromedriver are what the metrics and page tests use.
+SETUP=${VBS_SETUP:-full}
 missing=""
 command -v ffmpeg >/dev/null || missing="$missing ffmpeg"
 command -v redis-server >/dev/null || missing="$missing redis-server"
-command -v promtool >/dev/null || missing="$missing prometheus"
-command -v chromium >/dev/null || missing="$missing chromium"
-command -v chromedriver >/dev/null || missing="$missing chromium-driver"
 command -v openssl >/dev/null || missing="$missing openssl"  # the TLS tests make a self-signed certificate
+if [ "$SETUP" != service ]; then
+  command -v promtool >/dev/null || missing="$missing prometheus"
+  command -v chromium >/dev/null || missing="$missing chromium"
+  command -v chromedriver >/dev/null || missing="$missing chromium-driver"
+fi
 if [ -n "$missing" ]; then
   echo "setup: installing$missing with apt-get" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -21,11 +25,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+extra=".[test]"; [ "$SETUP" = service ] && extra="."
+stamp=".venv/.installed-$SETUP-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing the project into .venv (first run takes a few minutes)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e "$extra"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
