@@ -171,7 +171,7 @@ class Graph:
                         continue
                     r.state, r.start_s, r.since, r.ready, changed = RUNNING, round(now - r.since, 2), now, None, True
                     self.started.append({"pool": pool.stage, "name": r.name, "start_s": r.start_s,
-                                         "node_id": r.info.get("node_id", "")})
+                                         "node_id": r.info.get("node_id", ""), "wall": time.time()})
                     log.info("replica %s running on node %s (%s)", r.name, r.info.get("node_ip"), r.info.get("device"))
                 elif now - r.since > self.settings.autoscaling.start_timeout_s:
                     log.error("replica %s still pending after %.0f s (no node has its resources?): given up",
