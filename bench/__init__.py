@@ -21,3 +21,17 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def wait_for(cond, timeout: float, what: str, every: float = 0.25):
+    """Poll `cond()` until it returns something truthy (returned), or raise AssertionError naming `what` after
+    `timeout` seconds. For the benchmarks and the tests that watch a running graph."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout:.0f} s: {what}")

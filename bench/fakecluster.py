@@ -17,23 +17,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.sources import free_port
+
 HEAD_TYPE = "ray.head.default"
 # a killed node is declared dead after about 5 s instead of Ray's 30 (its raylet's health checks fail)
 FAST_FAILURE_DETECTION = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
                           "health_check_timeout_ms": 1000, "health_check_failure_threshold": 5}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray_exe() -> str:
@@ -51,7 +46,7 @@ class FakeCluster:
         self.head_resources = dict(head_resources)
         self.worker_node_types = json.loads(json.dumps(worker_node_types))
         self.idle_timeout_s, self.max_workers = idle_timeout_s, max_workers
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.system_config = FAST_FAILURE_DETECTION if system_config is None else system_config
         self.temp_dir: str | None = None
         self.address = ""
@@ -80,7 +75,7 @@ class FakeCluster:
         cfg = Path(self.temp_dir) / "autoscaling.json"
         cfg.write_text(json.dumps(self.config(ip)))
         res = dict(self.head_resources)
-        dash = _free_port()
+        dash = free_port()
         cmd = [_ray_exe(), "start", "--head", f"--port={self.port}", f"--temp-dir={self.temp_dir}",
                f"--autoscaling-config={cfg}", f"--num-cpus={res.pop('CPU', 0)}", f"--num-gpus={res.pop('GPU', 0)}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
@@ -167,13 +162,3 @@ class FakeCluster:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
         return killed
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(every)
-    raise TimeoutError(f"not within {timeout:.0f} s: {what}")

@@ -5,11 +5,10 @@ while streams run and the nodes go away, and a node lost mid-stream loses no fil
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from bench.fakecluster import wait_for
+from bench import wait_for
 from bench.sources import HttpServer, TcpProxy, UdpSender
 from tests.integration.conftest import Streams
 from tests.integration.test_scaling import assert_complete_once, clip_starts, largest_videos

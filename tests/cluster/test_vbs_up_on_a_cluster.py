@@ -17,18 +17,11 @@ from pathlib import Path
 import pytest
 
 from bench.fakecluster import FakeCluster
+from bench.sources import free_port
 from tests.integration.conftest import Streams, graph_settings
 from tests.integration.test_up import interrupt
 
 pytestmark = pytest.mark.cluster
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_vbs_up_joins_a_cluster_and_ships_its_code(trained_model, tmp_path):

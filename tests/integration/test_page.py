@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.integration.conftest import API_KEY
+from bench import wait_for
 from bench.sources import UdpSender
 
 pytestmark = pytest.mark.slow
@@ -32,16 +33,6 @@ def browser(tmp_path):
     b = webdriver.Chrome(service=DriverService(executable_path=driver), options=opts)
     yield b
     b.quit()
-
-
-def wait_for(fn, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_the_page_shows_a_running_stream_and_a_tag_that_arrives_after_loading(service, browser, tmp_path):

@@ -6,12 +6,12 @@ it has answered. Each test runs a graph of its own (its own key prefix) beside t
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from bench import wait_for
 from bench.sources import HttpServer, TcpProxy
 from tests.integration.conftest import Streams, graph_settings
 
@@ -39,16 +39,6 @@ def clip_starts(graph, video: Path) -> list[float]:
 
     spec = ClipSpec.from_dict(ray.get(graph.stages["video_encoder"][0].clip_spec.remote()))
     return [round(c.t0, 3) for c in read_video(video, spec).clips]
-
-
-def wait_for(cond, timeout: float, what: str, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
 
 
 def pools(graph) -> dict:
