@@ -123,7 +123,7 @@ def run(args) -> int:
         print(f"vbs up: streaming graph running ({len(graph.decoders)} decoder(s); model {settings.model_dir})", flush=True)
         print(f"  redis:   {redact(url)}{' (started for this session)' if local else ''}", flush=True)
         print(f"  ray:     {getattr(ctx, 'address_info', {}).get('address') or args.address or 'local'}"
-              f"  (dashboard: {ctx.dashboard_url or 'off'})", flush=True)
+              f"  (dashboard: {_http(ctx.dashboard_url) or 'off'})", flush=True)
         print(f"  ingest:  redis-cli -u {redact(url)} XADD {keys.ingest} '*' url <URL>   (or: vbs push URL)", flush=True)
         print(f"  tags:    {keys.tags('<id>')} (stream), {keys.stream('<id>')} (status), pub/sub {keys.live('<id>')}",
               flush=True)
@@ -157,6 +157,11 @@ def run(args) -> int:
             ray.shutdown()
         if local is not None:
             local.stop()
+
+
+def _http(address: str | None) -> str:
+    """Ray gives the dashboard as host:port; a URL to click."""
+    return address if not address or "://" in address else f"http://{address}"
 
 
 def start_service(settings: Settings, port: int) -> None:
