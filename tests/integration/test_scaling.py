@@ -19,7 +19,11 @@ pytestmark = pytest.mark.slow
 
 
 def settings_for(model: Path, **sections):
+    """A graph of its own, with small CPU requests: it runs beside the session's graph and Serve service on the
+    session's 8 logical CPUs, and a replica that found no CPU left would wait for ever (no autoscaler here)."""
     s = graph_settings(model, model, f"vbsscale{uuid.uuid4().hex[:6]}").model_dump()
+    for pool in ("decoder", "video_encoder", "language", "fusion"):
+        s[pool]["num_cpus"] = 0.1
     for name, fields in sections.items():
         s[name] = {**s.get(name, {}), **fields}
     from schemas.config import Settings
