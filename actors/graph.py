@@ -135,7 +135,8 @@ class Graph:
         self._sample()
         loads, sup = self._loads(now)
         for name, pool in self.pools.items():
-            target = self.policies[name].decide(loads[name], now) if a.enabled else self.policies[name].target
+            target = (self.policies[name].decide(loads[name], now, starting=bool(pool.in_state(STARTING)))
+                      if a.enabled else self.policies[name].target)
             if pool.size < target:
                 added = pool.add(target - pool.size)
                 self._event(name, "up", len(added))
@@ -168,6 +169,7 @@ class Graph:
                     except Exception as e:  # noqa: BLE001 - it died starting: the pool starts another
                         log.error("replica %s failed to start: %s", r.name, e)
                         self._kill(pool, r)
+                        self._given_up(pool)
                         continue
                     r.state, r.start_s, r.since, r.ready, changed = RUNNING, round(now - r.since, 2), now, None, True
                     self.started.append({"pool": pool.stage, "name": r.name, "start_s": r.start_s,
@@ -177,7 +179,14 @@ class Graph:
                     log.error("replica %s still pending after %.0f s (no node has its resources?): given up",
                               r.name, now - r.since)
                     self._kill(pool, r)
+                    self._given_up(pool)
         return changed
+
+    def _given_up(self, pool: Pool) -> None:
+        """After a replica failed to start: an autoscaled pool asks again only if its load still wants it; a
+        fixed pool starts another."""
+        if self.settings.autoscaling.enabled:
+            self.policies[pool.stage].gave_up(pool.size)
 
     def _sample(self) -> None:
         import ray
@@ -215,11 +224,9 @@ class Graph:
         return loads, sup
 
     def _retire(self, pool: Pool, n: int, now: float) -> bool:
-        """Start draining `n` replicas of a pool (starting ones first: they serve nothing yet)."""
+        """Start draining `n` running replicas of a pool (one with a replica starting does not shrink: the
+        policy holds its target until the replica runs or is given up)."""
         changed = False
-        for r in pool.in_state(STARTING)[:n]:
-            self._kill(pool, r)
-            n -= 1
         # the replicas whose nodes host the fewest of the graph's replicas go first (so that nodes empty and the
         # cluster autoscaler can release them), then the least loaded, then the newest
         per_node: dict[str, int] = {}

@@ -2,7 +2,9 @@
 drives the actors). Decoders follow the streams held; a model stage follows its queue (the items waiting in
 its replicas or in their running batches), averaged over a look-back window so one burst does not add a
 replica. Up at once, down only after the pool has wanted fewer for a whole delay, to the most it wanted in
-that time (a dip does not shrink it, a lull does)."""
+that time (a dip does not shrink it, a lull does). The delay does not begin while a replica the pool asked for
+is still starting: the load is judged with the capacity it was added for, so that a dip while a node boots
+does not cancel the node's launch only to ask for it again (flapping)."""
 
 from __future__ import annotations
 
@@ -49,9 +51,12 @@ class PoolPolicy:
     _low_since: float | None = None
     _low_peak: int = 0  # the most the pool wanted since it began wanting fewer
 
-    def decide(self, wanted: int, now: float) -> int:
-        """The new target for a pool that wants `wanted` replicas now."""
+    def decide(self, wanted: int, now: float, starting: bool = False) -> int:
+        """The new target for a pool that wants `wanted` replicas now (`starting`: one of its replicas is
+        still starting, which holds the target where it is)."""
         wanted = max(self.lo, min(self.hi, wanted))
+        if starting:
+            wanted = max(wanted, self.target)
         if wanted >= self.target:
             self._low_since = None
             self.target = wanted
@@ -61,4 +66,11 @@ class PoolPolicy:
         self._low_peak = max(self._low_peak, wanted)
         if now - self._low_since >= self.downscale_delay_s:
             self.target, self._low_since = self._low_peak, None
+        return self.target
+
+    def gave_up(self, size: int) -> int:
+        """A replica failed to start or never found a node: the target falls to the `size` the pool has (the
+        next decision asks again if the load still wants more), so that a replica no node can hold is not
+        asked for again and again once the load is gone."""
+        self.target, self._low_since = max(self.lo, min(self.target, size)), None
         return self.target

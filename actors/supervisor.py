@@ -58,6 +58,7 @@ class Supervisor:
         self.sink = Sink.of(self.redis, self.keys, settings.redis)
         self.held: dict[str, Held] = {}
         self.draining: set[str] = set()  # decoders being retired: they get no new stream
+        self.retired: set[str] = set()  # decoders retired (names are never reused): never taken back
         self.retry: dict[str, tuple] = {}  # entry -> (fields, handler, failed tries): handled again next tick
         self.ingested = 0
         self._beat = self._pruned = 0.0
@@ -323,9 +324,11 @@ class Supervisor:
     def set_decoders(self, decoders: dict, draining: set[str] = frozenset()) -> None:
         """The decoder pool: name -> handle, `draining` those being retired (they keep their streams until
         `retire` moves them, and get no new one). A new decoder is used at once; the streams of one that left
-        are reclaimed on the next check (their owner is gone)."""
-        self.decoders = dict(decoders)
-        self.draining = set(draining) & set(decoders)
+        are reclaimed on the next check (their owner is gone). A decoder already retired is left out: the pool
+        may still list it as draining until it is killed, and asking a killed decoder for its streams would only
+        log that it is not answering."""
+        self.decoders = {n: h for n, h in decoders.items() if n not in self.retired}
+        self.draining = set(draining) & set(self.decoders)
 
     def retire(self, name: str, handle=None, timeout: float = 30.0) -> int:
         """Drain a decoder the pool no longer wants: it is handed no new stream, it lets go of its streams
@@ -342,6 +345,7 @@ class Supervisor:
             log.warning("decoder %s did not close cleanly while retiring: %s", name, e)
         self.decoders.pop(name, None)
         self.draining.discard(name)
+        self.retired.add(name)
         moved = [sid for sid, h in self.held.items() if h.decoder == name]
         for sid in moved:
             h = self.held[sid]

@@ -69,7 +69,10 @@ def test_pools_and_nodes_follow_the_streams_up_and_down(cluster, cluster_graph, 
             assert_placed_by_type(g, cluster)
             return peak["decoder"] >= 3 and peak["video_encoder"] == 2 and peak["gpu_model"] == 2 and peak["cpu_decode"] >= 2
 
-        wait_for(grown, 240, f"pools and nodes grow: {peak}", every=1)
+        try:
+            wait_for(grown, 240, "pools and nodes grow", every=1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}: the most seen {peak}; pools {g.view()[0]}; replicas started {g.started}") from None
         for i in range(len(files)):
             h = streams.wait(f"file{i}", {"finished", "failed"}, timeout=300)
             assert h["status"] == "finished", json.dumps(h)

@@ -157,8 +157,10 @@ def test_streams_spread_onto_decoders_that_join_and_no_clip_is_lost_or_doubled(o
         proxy = TcpProxy(http.port).start()
         proxy.drip(600, rate=8_000)  # slow VOD: the streams outlast the second decoder's start on a busy machine
         try:
+            # the watchdog at its default: a stream that moves reopens the drip-fed source from its checkpoint, and on
+            # a slow, busy machine its first packet can take longer than the suite's 8 s
             g = own_graph(settings_for(trained_model, decoder={"replicas": 1, "min_replicas": 1, "max_replicas": 2,
-                                                               "streams_per_replica": 1},
+                                                               "streams_per_replica": 1, "watchdog_s": 30},
                                        autoscaling={"interval_s": 0.5, "downscale_delay_s": 30}))
             first = set(g.decoders)
             streams = Streams(g.settings)

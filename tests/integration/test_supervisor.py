@@ -192,3 +192,16 @@ def test_the_listing_forgets_streams_whose_state_expired(sup):
     s.redis.hset(s.keys.stream("old-but-kept"), mapping=StreamState(stream_id="old-but-kept", status="running").to_hash())
     assert s._prune_listing(now) == 1
     assert set(s.redis.zrange(s.keys.streams, 0, -1)) == {"old-but-kept", "recent"}
+
+
+def test_a_retired_decoder_is_not_taken_back_while_its_pool_still_lists_it(sup):
+    # given a second decoder the pool retires (its streams moved, the decoder about to be killed)
+    s, dec = sup
+    other = RecordingDecoder()
+    other.close = lambda: None
+    s.set_decoders({"dec-0": dec, "dec-1": other})
+    s.retire("dec-1")
+    # when the pool sends its list while it still shows the retired decoder as draining (until it is killed)
+    s.set_decoders({"dec-0": dec, "dec-1": other}, draining={"dec-1"})
+    # then the supervisor does not take it back: its checks would ask a killed decoder for its streams
+    assert set(s.decoders) == {"dec-0"} and s.draining == set()

@@ -69,3 +69,22 @@ def test_a_stage_given_a_gpu_that_sees_no_cuda_runs_on_the_cpu_and_says_so(caplo
     assert stage_device("auto", 0) == torch.device("cpu") and not caplog.text  # no GPU asked for: no warning
     with pytest.raises(ValueError, match="no CUDA"):
         stage_device("cuda", 0.5)  # asked for by name: an error, not a fallback
+
+
+def test_a_pool_does_not_shrink_while_a_replica_it_asked_for_is_still_starting():
+    # a dip in the load while a new node boots must not cancel the replica only to ask for it again (flapping)
+    p = PoolPolicy("video_encoder", lo=1, hi=2, target=1, downscale_delay_s=5)
+    assert p.decide(2, now=0, starting=False) == 2  # the pool adds a replica; it waits for a node
+    assert [p.decide(0, now=t, starting=True) for t in (1, 6, 30)] == [2, 2, 2]
+    assert p.decide(0, now=31) == 2  # it runs: the delay begins now
+    assert p.decide(0, now=35) == 2
+    assert p.decide(0, now=36) == 1
+
+
+def test_a_replica_given_up_lowers_the_target_and_the_load_asks_again():
+    p = PoolPolicy("video_encoder", lo=1, hi=3, target=1, downscale_delay_s=5)
+    assert p.decide(3, now=0) == 3
+    assert p.gave_up(size=2) == 2  # one of the two new replicas found no node in start_timeout_s
+    assert p.decide(0, now=1) == 2  # no load left: it is not asked for again
+    assert p.decide(3, now=2) == 3  # load: asked for again
+    assert p.gave_up(size=0) == 1  # never below min_replicas
