@@ -21,6 +21,7 @@ Field encoding in the metrics hash (label values percent-encoded, in declaration
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import math
 import re
@@ -36,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from actors.keys import Keys
+from schemas import VERSION
 from schemas.streams import FailureReason, StreamStatus
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("vbs_decoder_clips_missed_total", "counter",
               "Clips of live streams never read because the source was away (reconnects, restarts, outages)."),
     MetricDef("vbs_decoder_live_gaps_total", "counter", "Gaps in live streams (each a run of missed clips)."),
+    MetricDef("vbs_decoder_snapshots_encoded_total", "counter",
+              "Stream thumbnails encoded as JPEG (at most one a second per stream, only while one is asked for)."),
     MetricDef("vbs_stage_latency_seconds", "histogram", "Time of one batch call of a model stage.",
               ("stage",), LATENCY_BUCKETS, values={"stage": STAGES}),
     MetricDef("vbs_stage_batch_size", "histogram", "Items in one batch call of a model stage.",
@@ -113,6 +117,9 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("vbs_pool_target_replicas", "gauge",
               "Replicas each pool wants for its load (between its min_replicas and max_replicas).",
               ("stage",), source="scrape", values={"stage": POOLS}),
+    MetricDef("vbs_build_info", "gauge",
+              "Always 1: the service's version and the model its fusion stage serves (\"name@hash\"; \"none\" "
+              "before a fusion replica started).", ("version", "model"), source="scrape"),
     MetricDef("vbs_up", "gauge", "Always 1: the metrics endpoint answered and read Redis (a failed read fails the scrape).",
               source="scrape"),
 )
@@ -173,6 +180,7 @@ class Metrics:
         self._lock = threading.Lock()  # guards _pending
         self._flush_lock = threading.Lock()  # one flush at a time
         self._pending: dict[str, int | float] = {}
+        self._inflight: dict[str, int | float] = {}  # the batch a flush is writing
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing_since: float | None = None
@@ -211,9 +219,12 @@ class Metrics:
             self._pending[total] = self._pending.get(total, 0.0) + value
 
     def pending(self) -> dict[str, int | float]:
-        """The deltas not yet in Redis (field -> amount)."""
+        """The deltas not yet in Redis (field -> amount), a flush's batch on its way included."""
         with self._lock:
-            return dict(self._pending)
+            out = dict(self._inflight)
+            for f, v in self._pending.items():
+                out[f] = out.get(f, 0) + v
+            return out
 
     # -- flushing ----------------------------------------------------------------------------------------
     def flush(self) -> bool:
@@ -221,6 +232,7 @@ class Metrics:
         with self._flush_lock:
             with self._lock:
                 batch, self._pending = self._pending, {}
+                self._inflight = batch
             if not batch:
                 return True
             try:
@@ -235,6 +247,7 @@ class Metrics:
                 with self._lock:
                     for f, v in batch.items():
                         self._pending[f] = self._pending.get(f, 0) + v
+                    self._inflight = {}
                 self.flush_errors += 1
                 now = time.monotonic()
                 if self._failing_since is None:
@@ -244,10 +257,12 @@ class Metrics:
                     log.warning("metrics flush failed (%d series kept for the next try): %s: %s", len(batch),
                                 type(e).__name__, str(e)[:200])
                 return False
+            with self._lock:  # in Redis now: no longer pending, and counted, at once
+                self._inflight = {}
+                self.flushes += 1
             if self._failing_since is not None:
                 log.info("metrics flush works again after %.0f s", time.monotonic() - self._failing_since)
                 self._failing_since, self._last_warning = None, 0.0
-            self.flushes += 1
             return True
 
     def start(self, interval_s: float = 1.0) -> Metrics:
@@ -295,6 +310,15 @@ def _closed_combinations(m: MetricDef) -> list[tuple[str, ...]]:
     for k in m.labels:
         combos = [c + (v,) for c in combos for v in m.values[k]]
     return combos
+
+
+def _model(r, keys: Keys) -> str:
+    """The id of the model the fusion stage serves ("none" before one started, or when the record is unreadable)."""
+    raw = r.get(keys.model)
+    try:
+        return str(json.loads(_s(raw))["id"]) if raw else "none"
+    except (ValueError, KeyError, TypeError):
+        return "none"
 
 
 def _ingest(r, keys: Keys) -> tuple[int, int]:
@@ -426,6 +450,7 @@ class _Collector:
         values["vbs_ingest_backlog"] = {(): float(backlog)}
         values["vbs_ingest_pending"] = {(): float(pending)}
         values["vbs_up"] = {(): 1.0}
+        values["vbs_build_info"] = {(VERSION, _model(r, keys)): 1.0}
         pools = _pools(r, keys)
         values["vbs_pool_replicas"] = {(p,): float(pools.get(p, {}).get("replicas", 0)) for p in POOLS}
         values["vbs_pool_target_replicas"] = {(p,): float(pools.get(p, {}).get("target", 0)) for p in POOLS}

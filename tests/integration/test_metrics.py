@@ -437,3 +437,36 @@ def test_ops_prometheus_config_is_valid():
     p = subprocess.run([tool("promtool"), "check", "config", str(ROOT / "ops" / "prometheus.yml")],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_a_batch_being_written_is_still_pending_until_it_is_in_redis(rk):
+    # pending() read {} while a flush's batch was on its way and before `flushes` counted it: a reader that
+    # waited for nothing pending saw no flush (the clean-clone CI's failure of test_flusher_thread_and_close)
+    import threading
+    import types
+
+    r, keys = rk
+    m = Metrics(r, keys)
+    m.inc("vbs_decoder_reconnects_total", 2)
+    gate = threading.Event()
+
+    class SlowPipeline:  # injects a slow write: execute waits for the gate
+        def __init__(self, p):
+            self.p = p
+
+        def __getattr__(self, name):
+            return getattr(self.p, name)
+
+        def execute(self):
+            gate.wait(5)
+            return self.p.execute()
+
+    m.redis = types.SimpleNamespace(pipeline=lambda transaction=True: SlowPipeline(r.pipeline(transaction=transaction)))
+    t = threading.Thread(target=m.flush)
+    t.start()
+    time.sleep(0.3)
+    assert m.pending() == {"vbs_decoder_reconnects_total|": 2} and m.flushes == 0
+    gate.set()
+    t.join(5)
+    assert m.pending() == {} and m.flushes == 1
+    assert val(samples(render(r, keys)), "vbs_decoder_reconnects_total") == 2
