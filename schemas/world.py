@@ -1,5 +1,5 @@
 """Ground-truth sidecar of a video (`<name>.json`): the file format shared by the corpus generator,
-the corpus reader and the evaluators. Any renderer that follows ../shared/DEMO_WORLD.md writes it."""
+the corpus reader and the evaluators. Any renderer that follows docs/DEMO_WORLD.md writes it."""
 
 from __future__ import annotations
 

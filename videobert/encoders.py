@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
 
 from videobert.reader import ClipSpec
 
@@ -279,11 +280,16 @@ class ClipEmbedder(nn.Module):
         return nn.functional.normalize(self.text_head(sentence_emb), dim=-1)
 
     @torch.no_grad()
-    def features(self, clips, batch_size: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Eval-mode encoder features of uint8 clips (N, T, H, W, 3) (numpy or torch), in batches, on the CPU."""
+    def features(self, clips, batch_size: int = 128, device: str | torch.device = "cpu", progress: bool = False,
+                 desc: str = "encoding clips") -> torch.Tensor:
+        """Eval-mode encoder features of uint8 clips (N, T, H, W, 3) (numpy or torch), in batches, on the CPU;
+        `progress`: a progress bar over the clips."""
         self.eval()
-        out = [self.encoder(torch.as_tensor(clips[i:i + batch_size]).to(device)).cpu()
-               for i in range(0, len(clips), batch_size)]
+        out = []
+        with tqdm(total=len(clips), desc=desc, unit="clip", disable=not progress) as bar:
+            for i in range(0, len(clips), batch_size):
+                out.append(self.encoder(torch.as_tensor(clips[i:i + batch_size]).to(device)).cpu())
+                bar.update(len(out[-1]))
         return torch.cat(out) if out else torch.zeros(0, self.encoder.feature_dim)
 
     @torch.no_grad()
@@ -300,9 +306,10 @@ class ClipEmbedder(nn.Module):
         return self.embed_features(self.features(clips, batch_size, device).to(device)).cpu()
 
     @torch.no_grad()
-    def embed_words(self, clips, batch_size: int = 128, device: str | torch.device = "cpu") -> torch.Tensor:
+    def embed_words(self, clips, batch_size: int = 128, device: str | torch.device = "cpu", progress: bool = False,
+                    desc: str = "encoding clips") -> torch.Tensor:
         """What the visual words quantise (`quantised_space`) for uint8 clips, in batches."""
-        return self.quantised_space(self.features(clips, batch_size, device).to(device)).cpu()
+        return self.quantised_space(self.features(clips, batch_size, device, progress, desc).to(device)).cpu()
 
 
 def save_embedder(model: ClipEmbedder, directory: str | Path, spec: ClipSpec, extra: dict | None = None) -> None:

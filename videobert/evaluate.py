@@ -97,15 +97,16 @@ def evaluate_encoder(encoder_dir: str | Path, vocab_dir: str | Path | None, data
               "words_fit_on": str(fit_data or data)}
 
     def measure(model: ClipEmbedder, km: HierarchicalKMeans | None) -> dict:
-        feats = model.features(cs.frames, device=device).to(device)  # one encoder pass for all that follows
+        feats = model.features(cs.frames, device=device, progress=progress).to(device)  # one encoder pass for all that follows
         with torch.no_grad():
             emb = model.embed_features(feats).cpu()
             space = model.quantised_space(feats).cpu()
             queries = model.embed_text(texts.to(device)).cpu()
         r = retrieval(emb, queries, pairs, n=n, seed=seed, verbs=cs.verb, nouns=cs.noun)
         if km is None:
-            fit_space = space if fit_cs is cs else model.embed_words(fit_cs.frames, device=device)
-            km = HierarchicalKMeans.fit(fit_space, kmeans_cfg, device=device)
+            fit_space = space if fit_cs is cs else model.embed_words(fit_cs.frames, device=device, progress=progress,
+                                                                     desc="encoding training clips")
+            km = HierarchicalKMeans.fit(fit_space, kmeans_cfg, device=device, progress=progress)
         words = km.encode(space).cpu().numpy()[labelled]
         r.update(purity_verb=purity(words, [cs.verb[i] for i in labelled]),
                  purity_noun=purity(words, [cs.noun[i] for i in labelled]), vocab_size=km.vocab_size,

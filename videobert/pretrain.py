@@ -58,8 +58,9 @@ class Corpus:
     lines: list[str]
 
 
-def build_corpus(cs: ClipSet, tokenizer: VisualTokenizer, builder: SequenceBuilder, cfg: PretrainConfig) -> Corpus:
-    words_all = tokenizer.tokens(cs.frames).numpy()
+def build_corpus(cs: ClipSet, tokenizer: VisualTokenizer, builder: SequenceBuilder, cfg: PretrainConfig,
+                 progress: bool = False) -> Corpus:
+    words_all = tokenizer.tokens(cs.frames, progress).numpy()
     words, pairs, lines = [], [], []
     for vi in range(len(cs.videos)):
         idx = np.flatnonzero(cs.video == vi)
@@ -120,7 +121,7 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
     cs = load_clipset(data, vt.spec, workers=workers, progress=progress)
     mcfg = VideoBertConfig(visual_vocab_size=vt.vocab_size, num_layers=cfg.num_layers)
     builder = SequenceBuilder(load_tokenizer(), mcfg, cfg.max_text_tokens)
-    corpus = build_corpus(cs, vt, builder, cfg)
+    corpus = build_corpus(cs, vt, builder, cfg, progress)
     step_pairs = [(t, corpus.words[vi][clips].tolist()) for t, vi, clips in corpus.pairs]
     builder.fit_grounding(step_pairs, floor=cfg.grounding_floor)
     log.info("pretraining on %d videos, %d clips, %d narration lines, %s", len(corpus.words), len(cs), len(corpus.pairs),

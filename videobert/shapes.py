@@ -11,7 +11,40 @@ from functools import lru_cache
 
 import numpy as np
 
-SUPERSAMPLE = 3  # sub-pixel samples per axis for anti-aliased edges
+SUPERSAMPLE = 3  # sub-pixel samples per axis for anti-aliased edges (a Look may choose 1, no anti-aliasing)
+
+
+@dataclass(frozen=True)
+class Look:
+    """What DEMO_WORLD.md leaves open about how the shapes are drawn, drawn once per video (`sample_look`), so that
+    the encoder learns the shapes the spec describes, not one drawing of them. The defaults are the plain drawing.
+
+    Proportions are in units of the shape's radius r (every shape fits a 2r x 2r box)."""
+
+    ring_hole: float = 0.55  # the ring's inner radius: 1 minus its line width
+    star_inner: float = 0.45  # the star's inner vertices (five points, as the spec says)
+    cross_arm: float = 0.32  # half the thickness of the cross's arms
+    cross_reach: float = 1.0  # how far its arms reach
+    square_half: float = 0.82  # half the square's side
+    square_round: float = 0.0  # the square's corner radius
+    triangle_apex: float = 1.15  # how far above the centre the triangle's apex lies
+    triangle_base: float = 0.35  # how far below the centre its base lies
+    triangle_half: float = 0.866  # half its base
+    tilt: float = 0.0  # degrees every shape but the round ones is turned by
+    supersample: int = SUPERSAMPLE  # sub-pixel samples per axis (1: aliased edges)
+
+
+PLAIN = Look()
+
+
+def sample_look(rng: np.random.Generator) -> Look:
+    """A random drawing of the spec's shapes: each proportion anywhere a reader of the spec could choose."""
+    return Look(ring_hole=float(rng.uniform(0.42, 0.72)), star_inner=float(rng.uniform(0.36, 0.55)),
+                cross_arm=float(rng.uniform(0.2, 0.38)), cross_reach=float(rng.uniform(0.85, 1.0)),
+                square_half=float(rng.uniform(0.7, 0.88)), square_round=float(rng.choice([0.0, rng.uniform(0.0, 0.2)])),
+                triangle_apex=float(rng.uniform(0.95, 1.1)), triangle_base=float(rng.uniform(0.45, 0.75)), triangle_half=float(rng.uniform(0.75, 0.98)),
+                tilt=float(rng.uniform(-12, 12)) if rng.random() < 0.5 else 0.0,
+                supersample=int(rng.choice([1, 2, 3, 4], p=[0.15, 0.25, 0.35, 0.25])))
 
 
 def _polygon_inside(u: np.ndarray, v: np.ndarray, verts: np.ndarray) -> np.ndarray:
@@ -34,31 +67,33 @@ def _star_vertices(points: int = 5, inner: float = 0.45) -> np.ndarray:
     return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
 
 
-_TRIANGLE = np.array([[0.0, -1.0], [-0.866, 0.5], [0.866, 0.5]])
-_STAR = _star_vertices()
-
-
-def inside_unit_shape(noun: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def inside_unit_shape(noun: str, u: np.ndarray, v: np.ndarray, look: Look = PLAIN) -> np.ndarray:
     """Membership of points (u, v), in units of the shape's radius, centred, v pointing down."""
     if noun == "circle":
         return u * u + v * v <= 1.0
     if noun == "ring":
         r2 = u * u + v * v
-        return (r2 <= 1.0) & (r2 >= 0.55**2)
+        return (r2 <= 1.0) & (r2 >= look.ring_hole**2)
+    if look.tilt:
+        a = math.radians(look.tilt)
+        u, v = u * math.cos(a) + v * math.sin(a), -u * math.sin(a) + v * math.cos(a)
     if noun == "square":
-        return (np.abs(u) <= 0.82) & (np.abs(v) <= 0.82)
+        h, c = look.square_half, min(look.square_round, look.square_half)
+        qu, qv = np.maximum(np.abs(u) - (h - c), 0.0), np.maximum(np.abs(v) - (h - c), 0.0)
+        return (np.abs(u) <= h) & (np.abs(v) <= h) & (qu * qu + qv * qv <= c * c + 1e-12)
     if noun == "triangle":
-        return _polygon_inside(u, v * 1.0 + 0.15, _TRIANGLE)
+        a, b, hb = look.triangle_apex, look.triangle_base, look.triangle_half
+        return _polygon_inside(u, v, np.array([[0.0, -a], [-hb, b], [hb, b]]))
     if noun == "star":
-        return _polygon_inside(u, v, _STAR)
+        return _polygon_inside(u, v, _star_vertices(5, look.star_inner))
     if noun == "cross":
-        au, av_ = np.abs(u), np.abs(v)
-        return ((au <= 1.0) & (av_ <= 0.32)) | ((au <= 0.32) & (av_ <= 1.0))
+        au, av_, t, r = np.abs(u), np.abs(v), look.cross_arm, look.cross_reach
+        return ((au <= r) & (av_ <= t)) | ((au <= t) & (av_ <= r))
     raise ValueError(f"unknown shape {noun!r}")
 
 
 @lru_cache(maxsize=16)  # a shape that blinks or fades stays put: its mask is drawn once per segment
-def coverage(noun: str, cx: float, cy: float, radius: float, height: int, width: int):
+def coverage(noun: str, cx: float, cy: float, radius: float, height: int, width: int, look: Look = PLAIN):
     """Anti-aliased coverage of a shape: (y0, y1, x0, x1, mask) with mask (y1-y0, x1-x0) in [0, 1], read-only.
 
     Returns None when the shape lies entirely outside the frame."""
@@ -66,25 +101,25 @@ def coverage(noun: str, cx: float, cy: float, radius: float, height: int, width:
     y0, y1 = max(0, int(math.floor(cy - radius)) - 1), min(height, int(math.ceil(cy + radius)) + 2)
     if x1 <= x0 or y1 <= y0 or radius <= 0:
         return None
-    s = SUPERSAMPLE
+    s = look.supersample
     offs = (np.arange(s) + 0.5) / s
     xs = (np.arange(x0, x1)[:, None] + offs[None, :]).reshape(-1)  # (Wb*s,)
     ys = (np.arange(y0, y1)[:, None] + offs[None, :]).reshape(-1)  # (Hb*s,)
     u = (xs[None, :] - cx) / radius
     v = (ys[:, None] - cy) / radius
-    hit = inside_unit_shape(noun, np.broadcast_to(u, (len(ys), len(xs))), np.broadcast_to(v, (len(ys), len(xs))))
+    hit = inside_unit_shape(noun, np.broadcast_to(u, (len(ys), len(xs))), np.broadcast_to(v, (len(ys), len(xs))), look)
     mask = hit.reshape(y1 - y0, s, x1 - x0, s).mean(axis=(1, 3)).astype(np.float32)
     mask.flags.writeable = False  # shared by every caller of the cache
     return y0, y1, x0, x1, mask
 
 
 def painted(img: np.ndarray, noun: str, rgb: tuple[int, int, int], cx: float, cy: float, radius: float,
-            alpha: float = 1.0) -> tuple[int, int, np.ndarray] | None:
+            alpha: float = 1.0, look: Look = PLAIN) -> tuple[int, int, np.ndarray] | None:
     """The part of img (H, W, 3) float32 that painting a shape over it changes, alpha-blended, as a new array:
     (y0, x0, region), or None when nothing changes. img itself is left as it is."""
     if alpha <= 0:
         return None
-    cov = coverage(noun, cx, cy, radius, img.shape[0], img.shape[1])
+    cov = coverage(noun, cx, cy, radius, img.shape[0], img.shape[1], look)
     if cov is None:
         return None
     y0, y1, x0, x1, mask = cov
@@ -95,9 +130,9 @@ def painted(img: np.ndarray, noun: str, rgb: tuple[int, int, int], cx: float, cy
 
 
 def paint(img: np.ndarray, noun: str, rgb: tuple[int, int, int], cx: float, cy: float, radius: float,
-          alpha: float = 1.0) -> None:
+          alpha: float = 1.0, look: Look = PLAIN) -> None:
     """Alpha-blend a shape into img (H, W, 3) float32, in place."""
-    p = painted(img, noun, rgb, cx, cy, radius, alpha)
+    p = painted(img, noun, rgb, cx, cy, radius, alpha, look)
     if p is not None:
         y0, x0, region = p
         img[y0:y0 + region.shape[0], x0:x0 + region.shape[1]] = region

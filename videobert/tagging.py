@@ -17,7 +17,7 @@ import torch
 from schemas.state import TagResult
 from schemas.streams import LabelSet
 from videobert import labels as label_sets
-from videobert.checkpoint import ModelPaths
+from videobert.checkpoint import ModelPaths, model_id
 from videobert.model import VideoBertForPreTraining
 from videobert.reader import read_video
 from videobert.sequences import Example, SequenceBuilder, collate
@@ -40,12 +40,14 @@ class ClipScore:
     labels: dict[str, list[dict]]  # slot -> [{"label", "score"}] over the slot's whole set, best first
     alignment: float | None  # of its subtitle with the picture (0-1); None without a subtitle
     embedding: tuple[float, ...] | None = None  # the fused embedding (unit length, rounded), when asked for
+    model: str | None = None  # which model said it: "name@hash" (videobert.checkpoint.model_id)
 
 
 def tag_result(t0: float, t1: float, subtitle: str, score: ClipScore, latency_s: float | None = None) -> TagResult:
     """The tag row of one clip: the one place a row is built (`vbs tag`, the graph, uploads)."""
     return TagResult(t0=t0, t1=t1, labels=score.labels, alignment=score.alignment, subtitle=subtitle,
-                     embedding=list(score.embedding) if score.embedding is not None else None, latency_s=latency_s)
+                     embedding=list(score.embedding) if score.embedding is not None else None, latency_s=latency_s,
+                     model=score.model)
 
 
 class Tagger:
@@ -62,6 +64,7 @@ class Tagger:
                              f"in {paths.vocab} has {self.visual.vocab_size}")
         self.builder = SequenceBuilder(load_tokenizer(), self.model.config, paths.max_text_tokens())
         self.context = context
+        self.identity = model_id(model_dir)  # its id is carried by every row it tags
         self._ids: dict[LabelSet, dict[str, torch.Tensor]] = {}
         self.labels = label_sets.check(labels)  # the default template and label sets: a bad one fails now
 
@@ -110,7 +113,8 @@ class Tagger:
             align = torch.sigmoid(self.model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).align_logits)
             for (i, _), a in zip(texts, align.tolist()):
                 alignment[i] = round(a, 4)
-        return [ClipScore(ranked[i], alignment[i], fused[i] if embeddings else None) for i in range(len(words))]
+        return [ClipScore(ranked[i], alignment[i], fused[i] if embeddings else None, self.identity.id)
+                for i in range(len(words))]
 
     def tag_video(self, path: str | Path, with_embedding: bool = False, batch_size: int = 64) -> list[TagResult]:
         """One result per 1.5 s clip of a video."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,9 @@ class SentenceEncoder:
         self._cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 128) -> torch.Tensor:
+    def encode(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         missing = sorted({t for t in texts if t not in self._cache})
+        bar = tqdm(total=len(missing), desc="embedding narration", unit="line", disable=not progress or not missing)
         for i in range(0, len(missing), batch_size):
             chunk = missing[i:i + batch_size]
             tok = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
@@ -86,6 +88,8 @@ class SentenceEncoder:
             emb = F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
             for t, e in zip(chunk, emb.cpu()):
                 self._cache[t] = e
+            bar.update(len(chunk))
+        bar.close()
         if not texts:
             return torch.zeros(0, EMBED_DIM)
         return torch.stack([self._cache[t] for t in texts])

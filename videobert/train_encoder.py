@@ -218,7 +218,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
         raise ValueError(f"{data}: only {len(usable)} clip(s) have narration nearby; need subtitles to train on")
     lines = sorted({t for i in usable for t in clip_bags[i]})
     line_id = {t: k for k, t in enumerate(lines)}
-    text_emb = SentenceEncoder(device).encode(lines).to(device)  # (L, 384)
+    text_emb = SentenceEncoder(device).encode(lines, progress=progress).to(device)  # (L, 384)
     bags = [[line_id[t] for t in clip_bags[i]] for i in range(len(cs))]
     log.info("training on %d clips with narration nearby (%d distinct lines) of %d clips, %s", len(usable), len(lines),
              len(cs), amp)

@@ -20,7 +20,6 @@ from videobert.reader import ClipSpec
 
 log = logging.getLogger(__name__)
 
-
 class VisualTokenizer:
     """Encoder + k-means tree: uint8 clips (N, T, H, W, 3) -> visual word ids (N,)."""
 
@@ -37,12 +36,12 @@ class VisualTokenizer:
     def vocab_size(self) -> int:
         return self.kmeans.vocab_size
 
-    def embed(self, clips) -> torch.Tensor:
+    def embed(self, clips, progress: bool = False) -> torch.Tensor:
         """What the k-means tree quantises (the encoder's word space, see ClipEmbedder.word_space)."""
-        return self.embedder.embed_words(clips, device=self.device)  # (N, D)
+        return self.embedder.embed_words(clips, device=self.device, progress=progress)  # (N, D)
 
-    def tokens(self, clips) -> torch.Tensor:
-        return self.kmeans.encode(self.embed(clips).to(self.device)).cpu()  # (N,)
+    def tokens(self, clips, progress: bool = False) -> torch.Tensor:
+        return self.kmeans.encode(self.embed(clips, progress).to(self.device)).cpu()  # (N,)
 
 
 def fit_vocab(data: str | Path, encoder_dir: str | Path, out: str | Path, config: KMeansConfig = KMeansConfig(),
@@ -54,7 +53,7 @@ def fit_vocab(data: str | Path, encoder_dir: str | Path, out: str | Path, config
     cs = clipset if clipset is not None else load_clipset(data, spec, workers=workers, progress=progress)
     if len(cs) < config.branching:
         raise ValueError(f"{data}: {len(cs)} clips are too few to fit {config.branching} clusters")
-    feats = embedder.embed_words(cs.frames, device=device)
+    feats = embedder.embed_words(cs.frames, device=device, progress=progress)
     km = HierarchicalKMeans.fit(feats, config, device=device, progress=progress)
     out = Path(out)
     km.save(out)

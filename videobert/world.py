@@ -1,4 +1,4 @@
-"""The shapes world's vocabulary and narration (../shared/DEMO_WORLD.md): the words, their colours, and
+"""The shapes world's vocabulary and narration (docs/DEMO_WORLD.md): the words, their colours, and
 how a narrator talks about a segment. Pure data and a seeded narration sampler; no rendering here."""
 
 from __future__ import annotations

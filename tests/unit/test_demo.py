@@ -81,6 +81,19 @@ def test_a_build_from_before_the_slot_loss_was_recorded_is_refused(tmp_path):
         demo.build_demo(tmp_path, preset="quick", seed=0)
 
 
+def test_a_build_from_before_a_field_that_keeps_its_behaviour_is_reused(tmp_path):
+    from dataclasses import asdict
+
+    before = {k: v for k, v in asdict(demo.PRESETS["quick"]).items() if k not in demo.UNRECORDED_MEANT}
+    (tmp_path / "recipe.json").write_text(json.dumps({"preset": "quick", "seed": 0, "recipe": before}))
+    wanted = {"preset": "quick", "seed": 0, "recipe": asdict(demo.PRESETS["quick"])}
+    demo.claim(tmp_path, wanted)  # not refused: those fields' defaults are what it did
+    assert json.loads((tmp_path / "recipe.json").read_text()) == wanted
+    (tmp_path / "recipe.json").write_text(json.dumps({"preset": "quick", "seed": 0, "recipe": {**before, "clip_size": 48}}))
+    with pytest.raises(ValueError, match=r"older recipe \(\{'clip_size': 48\}"):
+        demo.claim(tmp_path, wanted)
+
+
 WALL_CLOCK = {"seconds", "seconds_this_run", "wall_seconds"}  # how long a step took: not a property of the model
 
 

@@ -52,17 +52,22 @@ def test_motion_meets_its_rule_and_stays_in_frame(verb):
             assert alphas[0] == 1.0 and a1 <= 0.1 and all(np.diff(alphas) <= 0)
 
 
-def test_shapes_are_distinct_masks():
+@pytest.mark.parametrize("k", range(12))
+def test_shapes_are_distinct_masks_however_they_are_drawn(k):
+    look = shapes.PLAIN if k == 0 else shapes.sample_look(np.random.default_rng(k))
     masks = {}
     for noun in world.NOUNS:
-        _, _, _, _, m = shapes.coverage(noun, 32, 32, 20, 64, 64)
+        _, _, _, _, m = shapes.coverage(noun, 32, 32, 20, 64, 64, look)
         masks[noun] = m > 0.5
     for a in world.NOUNS:
         for b in world.NOUNS:
             if a < b:
-                assert (masks[a] != masks[b]).mean() > 0.03, (a, b)
+                assert (masks[a] != masks[b]).mean() > 0.03, (a, b, look)
     ring = masks["ring"]
     assert not ring[ring.shape[0] // 2, ring.shape[1] // 2], "a ring is hollow"
+    for noun in ("circle", "square", "triangle", "star", "cross"):
+        m = masks[noun]
+        assert m[m.shape[0] // 2, m.shape[1] // 2], f"a {noun} is filled"
 
 
 def test_narration_mix_matches_the_spec():
