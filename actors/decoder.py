@@ -13,6 +13,7 @@ from actors.pipeline import Pipeline, RayPipeline, StageSet
 from actors.placement import here
 from actors.runner import StreamRunner
 from actors.sink import Fenced, Sink
+from actors.snapshot import SnapshotTap
 from videobert.reader import ClipSpec
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,10 @@ class DecoderActor:
             old = self.runners.get(a.stream_id)
             if old is not None:
                 old.fenced.set()
-        runner = StreamRunner(a, self._pipeline(hash(a.stream_id)), self.sink, self._clip_spec(), self.settings.decoder,
+        d = self.settings.decoder  # the stream's clips pass a thumbnail tap on their way (made while watched)
+        pipeline = SnapshotTap(self._pipeline(hash(a.stream_id)), a.stream_id, self.redis, self.keys,
+                               d.snapshot_width, d.snapshot_ttl_s, self.metrics)
+        runner = StreamRunner(a, pipeline, self.sink, self._clip_spec(), self.settings.decoder,
                               self.redis, self.keys, self.metrics, owner=self.name, policy=self.settings.url_policy)
         with self._lock:
             self.runners[a.stream_id] = runner

@@ -41,6 +41,10 @@ class Keys:
     def graph(self) -> str:  # JSON: the pools and where each replica runs (actors/placement.py), with a TTL
         return f"{self.prefix}:graph"
 
+    @property
+    def model(self) -> str:  # JSON {"id", "name", "hash"}: the model the fusion stage serves (vbs_build_info)
+        return f"{self.prefix}:model"
+
     def stream(self, stream_id: str) -> str:  # hash: status, owner, checkpoint, counters, latest result
         return f"{self.prefix}:stream:{stream_id}"
 
@@ -50,25 +54,37 @@ class Keys:
     def live(self, stream_id: str) -> str:  # pub/sub channel of live results and status changes
         return f"{self.prefix}:live:{stream_id}"
 
+    @property
+    def events(self) -> str:  # stream of every stream's tag and status notifications, capped (GET /v1/events)
+        return f"{self.prefix}:events"
 
-def redis_client(url: str, *, asyncio: bool = False, decode: bool = True):
+    def snapshot(self, stream_id: str) -> str:  # bytes: the latest clip's frame as a JPEG, with a TTL
+        return f"{self.prefix}:snapshot:{stream_id}"
+
+    def watched(self, stream_id: str) -> str:  # set with a short TTL while someone asks for the snapshot
+        return f"{self.prefix}:watched:{stream_id}"
+
+
+def redis_client(url: str, *, asyncio: bool = False, decode: bool = True, retries: int = 8,
+                 connect_timeout_s: float = 5, timeout_s: float = 30):
     """The one Redis client factory: redis-py (or redis.asyncio with `asyncio=True`) with string replies (bytes
     with `decode=False`, for reading what clients wrote: a reply that is not UTF-8 must not raise inside the
-    client) and the same policy for all: connection errors and timeouts retried with exponential backoff
-    (Redis restarts, blips), connect and read timeouts, and a health check on idle connections."""
+    client) and the same policy for all: connection errors and timeouts retried `retries` times with
+    exponential backoff (Redis restarts, blips), connect and read timeouts, and a health check on idle
+    connections. A command run by hand asks for no retries and short timeouts (ops.up.quick_client)."""
     import redis
     from redis.backoff import ExponentialBackoff
 
-    opts = dict(decode_responses=decode, socket_connect_timeout=5, socket_timeout=30, health_check_interval=15,
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    opts = dict(decode_responses=decode, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s,
+                health_check_interval=15, retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     if asyncio:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry as AsyncRetry
 
-        return aioredis.Redis.from_url(url, retry=AsyncRetry(ExponentialBackoff(cap=5, base=0.1), 8), **opts)
+        return aioredis.Redis.from_url(url, retry=AsyncRetry(ExponentialBackoff(cap=5, base=0.1), retries), **opts)
     from redis.retry import Retry
 
-    return redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=5, base=0.1), 8), **opts)
+    return redis.Redis.from_url(url, retry=Retry(ExponentialBackoff(cap=5, base=0.1), retries), **opts)
 
 
 def redis_down(e: BaseException) -> bool:

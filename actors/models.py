@@ -100,6 +100,19 @@ class FusionActor(_Batched):
 
         dev = _setup(settings, device, minilm_dir)
         self._init_batcher(FusionStage(model_dir, dev), settings, redis, dev)
+        if redis is not None:
+            self._announce_model(redis)
+
+    def _announce_model(self, redis: RedisSettings) -> None:
+        """Record which model tags, for /metrics (vbs_build_info); Redis away only delays that (next start)."""
+        import json
+
+        from actors.keys import Keys
+
+        try:
+            self.metrics.redis.set(Keys(redis.prefix).model, json.dumps(self.stage.tagger.identity.to_dict()))
+        except Exception as e:  # noqa: BLE001 - the stage tags regardless; the metric says "none" meanwhile
+            log.warning("fusion: could not record the model id in Redis: %s", type(e).__name__)
 
     async def tag(self, item, text_ids, *words):
         """Tag one clip (a ClipScore). `text_ids` and `words` arrive as object refs from the other stages; Ray

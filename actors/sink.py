@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 # The scripts name stream-state fields (checked against StreamState by the tests) and statuses, which come from
 # StreamStatus: `$failed` and `$queued` are substituted below.
 
-# KEYS: stream hash, tags stream. ARGV: token, entry id, data, t0, t1, maxlen, now, channel
+# Every tag and status change is also noted in `vbs:events` (stream id + the tag's entry id, or the status with its
+# reason): the one feed GET /v1/events reads and resumes from (deployments/live.py).
+EVENT_ERROR_CHARS = 300  # of a status's error message, in vbs:events and the live status events
+
+# KEYS: stream hash, tags stream, events stream. ARGV: token, entry id, data, t0, t1, maxlen, now, channel, stream id,
+# events maxlen
 _COMMIT = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
 local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], ARGV[2], 'data', ARGV[3])
@@ -34,6 +39,7 @@ end
 redis.call('HSET', KEYS[1], 'last_t0', ARGV[4], 'last_t1', ARGV[5], 'latest', ARGV[3], 'heartbeat', ARGV[7],
            'updated_at', ARGV[7])
 redis.call('HINCRBY', KEYS[1], 'clips_tagged', 1)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*', 'stream', ARGV[9], 'tag', ARGV[2])
 redis.call('PUBLISH', ARGV[8], '{"event":"tag","data":' .. ARGV[3] .. '}')
 return 1
 """
@@ -50,8 +56,9 @@ return tonumber(redis.call('HGET', KEYS[1], 'stop') or '0')
 """
 
 # KEYS: stream hash, dead stream, ingest stream, counters hash, tags stream. ARGV: token, status, error, reason,
-# now, group, entry id, stream id, safe url, maxlen, channel, ttl. The job is acked and its entry deleted (it
-# holds the raw URL, credentials and all); the stream's state and tags expire after the TTL.
+# now, group, entry id, stream id, safe url, maxlen, channel, ttl, events maxlen; KEYS[6]: events stream. The job is
+# acked and its entry deleted (it holds the raw URL, credentials and all); the stream's state and tags expire after
+# the TTL.
 _FINISH = Template("""
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'reason', ARGV[4], 'finished_at', ARGV[5],
@@ -68,16 +75,22 @@ redis.call('EXPIRE', KEYS[1], ARGV[12])
 redis.call('EXPIRE', KEYS[5], ARGV[12])
 redis.call('HINCRBY', KEYS[4], 'streams_' .. ARGV[2], 1)
 if ARGV[2] == '$failed' then redis.call('HINCRBY', KEYS[4], 'failures:' .. ARGV[4], 1) end
-redis.call('PUBLISH', ARGV[11], '{"event":"status","status":"' .. ARGV[2] .. '"}')
+local said = string.sub(ARGV[3], 1, $said)
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[13], '*', 'stream', ARGV[8], 'status', ARGV[2], 'reason', ARGV[4],
+           'error', said)
+redis.call('PUBLISH', ARGV[11], cjson.encode({event = 'status', status = ARGV[2], reason = ARGV[4], error = said}))
 return 1
-""").substitute(failed=StreamStatus.failed.value)
+""").substitute(failed=StreamStatus.failed.value, said=EVENT_ERROR_CHARS)
 
-# KEYS: stream hash. ARGV: token, now, channel. A stream let go at shutdown: queued again, owned by nobody.
+# KEYS: stream hash, events stream. ARGV: token, now, channel, stream id, events maxlen. A stream let go at
+# shutdown: queued again, owned by nobody.
 _RELEASE = Template("""
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
-redis.call('HSET', KEYS[1], 'status', '$queued', 'token', '', 'owner', '', 'updated_at', ARGV[2],
-           'error', 'released at shutdown; resumes from its checkpoint when the graph runs again')
-redis.call('PUBLISH', ARGV[3], '{"event":"status","status":"$queued"}')
+local said = 'released at shutdown; resumes from its checkpoint when the graph runs again'
+redis.call('HSET', KEYS[1], 'status', '$queued', 'token', '', 'owner', '', 'updated_at', ARGV[2], 'error', said)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'stream', ARGV[4], 'status', '$queued', 'reason', '',
+           'error', said)
+redis.call('PUBLISH', ARGV[3], cjson.encode({event = 'status', status = '$queued', reason = '', error = said}))
 return 1
 """).substitute(queued=StreamStatus.queued.value)
 
@@ -102,8 +115,10 @@ def entry_id(t0: float) -> str:
     return f"{int(round(t0 * 1000))}-1"
 
 
-def status_event(status: StreamStatus) -> str:
-    return json.dumps({"event": "status", "status": status.value})
+def status_event(status: StreamStatus, reason: str = "", error: str = "") -> str:
+    """A live status message (pub/sub), with the reason and error that go with it ("" for none)."""
+    return json.dumps({"event": "status", "status": status.value, "reason": reason,
+                       "error": error[:EVENT_ERROR_CHARS]})
 
 
 @dataclass
@@ -113,11 +128,13 @@ class Sink:
     tags_maxlen: int = 10_000
     dead_maxlen: int = 10_000
     ended_ttl_s: int = 7 * 24 * 3600
+    events_maxlen: int = 100_000
 
     @classmethod
     def of(cls, redis, keys: Keys, settings) -> "Sink":
         """A sink with the limits of the service's RedisSettings."""
-        return cls(redis, keys, settings.tags_maxlen, settings.dead_maxlen, settings.ended_ttl_s)
+        return cls(redis, keys, settings.tags_maxlen, settings.dead_maxlen, settings.ended_ttl_s,
+                   settings.events_maxlen)
 
     def __post_init__(self) -> None:
         self._commit = self.redis.register_script(_COMMIT)
@@ -130,9 +147,9 @@ class Sink:
         """Write one clip's result. True if written, False if it was already there (a replay).
         Raises Fenced if the stream has moved to another owner, and Redis's error if the write failed."""
         data = result.to_json()
-        r = self._commit(keys=[self.keys.stream(stream_id), self.keys.tags(stream_id)],
+        r = self._commit(keys=[self.keys.stream(stream_id), self.keys.tags(stream_id), self.keys.events],
                          args=[token, entry_id(result.t0), data, result.t0, result.t1, self.tags_maxlen,
-                               f"{time.time():.3f}", self.keys.live(stream_id)])
+                               f"{time.time():.3f}", self.keys.live(stream_id), stream_id, self.events_maxlen])
         if r == -1:
             raise Fenced(stream_id)
         return r == 1
@@ -167,7 +184,13 @@ class Sink:
     def set_status(self, stream_id: str, token: str, status: StreamStatus, incr: dict[str, int] | None = None,
                    **fields) -> bool:
         stop = self.heartbeat(stream_id, token, incr, status=status, updated_at=time.time(), **fields)
-        self.redis.publish(self.keys.live(stream_id), status_event(status))
+        reason = StreamState.encode(reason=fields["reason"])["reason"] if "reason" in fields else ""
+        error = str(fields.get("error") or "")[:EVENT_ERROR_CHARS]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(self.keys.events, {"stream": stream_id, "status": status.value, "reason": reason, "error": error},
+                  maxlen=self.events_maxlen, approximate=True)
+        pipe.publish(self.keys.live(stream_id), status_event(status, reason, error))
+        pipe.execute()
         return stop
 
     def finish(self, stream_id: str, token: str, status: StreamStatus, *, entry: str = "", error: str = "",
@@ -177,15 +200,16 @@ class Sink:
         if not status.terminal:
             raise ValueError(f"finish needs a final status, not {status.value}")
         r = self._finish(keys=[self.keys.stream(stream_id), self.keys.dead, self.keys.ingest, self.keys.counters,
-                               self.keys.tags(stream_id)],
+                               self.keys.tags(stream_id), self.keys.events],
                          args=[token, status.value, error[:1000], FailureReason(reason).value if reason else "",
                                f"{time.time():.3f}", self.keys.group, entry, stream_id, url, self.dead_maxlen,
-                               self.keys.live(stream_id), self.ended_ttl_s])
+                               self.keys.live(stream_id), self.ended_ttl_s, self.events_maxlen])
         if r == -1:
             raise Fenced(stream_id)
 
     def release(self, stream_id: str, token: str) -> bool:
         """Give a running stream back without ending it (shutdown): its job stays pending, its status says
         queued, and the next supervisor resumes it from its checkpoint. False if it had already moved on."""
-        return self._release(keys=[self.keys.stream(stream_id)],
-                             args=[token, f"{time.time():.3f}", self.keys.live(stream_id)]) == 1
+        return self._release(keys=[self.keys.stream(stream_id), self.keys.events],
+                             args=[token, f"{time.time():.3f}", self.keys.live(stream_id), stream_id,
+                                   self.events_maxlen]) == 1

@@ -76,8 +76,12 @@ def _check_file(url: str, policy: UrlPolicy) -> str:
         raise UrlRefused("bad_url", "the file path cannot be resolved") from None
     if not path.is_relative_to(root):
         raise UrlRefused("file_outside_root", f"file path {raw!r} is outside the media root {str(root)!r}")
-    if not path.is_file():
-        raise UrlRefused("file_missing", f"no such file under the media root: {raw!r}")
+    try:
+        found = path.is_file()
+    except OSError:  # a name the file system refuses (ENAMETOOLONG, say): no such file either
+        found = False
+    if not found:
+        raise UrlRefused("file_missing", f"no such file under the media root: {raw[:200]!r}")
     return str(path)
 
 

@@ -7,40 +7,51 @@ on-demand tagger deployment.
     DELETE /v1/streams/{id}          stop a stream
     GET    /v1/streams/{id}/tags     results as the sink wrote them (?since=SECONDS&limit=N)
     GET    /v1/streams/{id}/events   server-sent events: status changes and tags, live
+    GET    /v1/streams/{id}/snapshot.jpg   the latest clip's frame as a small JPEG (made while someone asks)
+    GET    /v1/events                server-sent events of every stream in one feed, resumable (Last-Event-ID)
     POST   /v1/tag                   tag an uploaded short clip (body: the video bytes)
     GET    /healthz /readyz /metrics /   health, readiness, Prometheus text, the live page
 
 Errors are JSON: {"error": {"code": ..., "message": ...}}. With API keys configured, every /v1 route needs
-`Authorization: Bearer KEY` (or `?access_token=KEY`, for EventSource, which cannot send headers)."""
+`Authorization: Bearer KEY` (or `?access_token=KEY`, for EventSource, which cannot send headers).
+
+/openapi.json is the contract: a model (schemas/api.py) for every answer and every status code a route can
+answer, the real error body, the upload body, the bearer scheme as the keys are configured now; 405s name the
+path's methods in Allow. tests/integration/test_openapi.py holds the service to it with schemathesis."""
 
 
 import asyncio
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors import control
+from deployments import auth
 from deployments.auth import RequireKey
-from deployments.live import Full, LiveHub
+from deployments.live import EventHub, Full, LiveHub, Seats, stream_feed
 from deployments.tagger import Tagger
-from schemas.api import StreamAccepted, StreamRequest
+from schemas import VERSION
+from schemas.api import (ErrorBody, Health, Readiness, StreamAccepted, StreamPage, StreamRequest, StreamStopped,
+                         StreamView, TagPage, UploadTags)
 from schemas.config import Settings
-from schemas.state import StreamState, TagResult
+from schemas.state import MAX_STREAM_SECONDS, StreamState, TagResult
 from schemas.streams import LabelSet, StreamStatus, valid_stream_id
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 MAX_OTHER_REQUESTS = 256  # requests in flight per ingress replica beside its live clients
-MAX_STREAM_SECONDS = 1e12  # stream time beyond this is no clip's (a tag's entry id is its t0 in milliseconds)
+MAX_OFFSET = 10**12  # a listing's offset beyond this is past every stream (and Redis takes no index past 2**63)
 
 
 class ApiError(Exception):
@@ -53,8 +64,84 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
-api = FastAPI(title="videobert-stream", version="0.1.0",
-              description="Live VideoBERT tagging: queue video streams, read their tags live, tag clips on demand.")
+# -- the contract: what each route can answer, as the OpenAPI document says --------------------------------
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before asking again", "schema": {"type": "integer"}}}
+WHEN = {
+    404: "no such stream (not_found)",
+    409: "a stream of that id is running (conflict): stop it first or use another id",
+    413: "the upload is too large (too_large) or too long (too_long)",
+    422: "the request is not valid (invalid_request, naming the field), or cannot be served (a code that says why)",
+    429: "this API key runs as many streams as it may (too_many_streams)",
+    503: "the service is starting (not_ready)",
+}
+
+
+def errors(*statuses: int, **when: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for the errors a route can answer: the error body, why, and Retry-After where it is sent;
+    `when` adds to a status's reason (`s503=...`). 401 is added by deployments.auth.document where keys guard."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for s in statuses:
+        extra = when.get(f"s{s}")
+        out[s] = {"model": ErrorBody, "description": WHEN[s] + (f"; {extra}" if extra else "")}
+        if s in (429, 503):
+            out[s]["headers"] = RETRY_AFTER
+    return out
+
+
+# what a client can do with a stream it queued (OpenAPI links, which generators and fuzzers follow)
+STREAM_LINKS = {name: {"operationId": op, "parameters": {"stream_id": "$response.body#/stream_id"}}
+                for name, op in (("state", "get_stream"), ("tags", "get_tags"), ("events", "events"),
+                                 ("snapshot", "snapshot"), ("stop", "stop_stream"))}
+
+
+def sse_content(events: tuple[str, ...]) -> dict[str, Any]:
+    """The content of a server-sent-events answer: each event (`itemSchema`, OpenAPI 3.2's word for it) has a
+    name and JSON data, and `id:` where a reconnect may resume from it."""
+    return {"text/event-stream": {"itemSchema": {
+        "type": "object", "required": ["event", "data"],
+        "properties": {"event": {"type": "string", "enum": list(events)},
+                       "data": {"type": "string", "contentMediaType": "application/json"},
+                       "id": {"type": "string"}, "retry": {"type": "integer", "minimum": 0}}}}}
+
+
+class Jpeg(Response):
+    media_type = "image/jpeg"
+
+
+class Api(FastAPI):
+    """FastAPI whose OpenAPI document says what the service answers: every error is ErrorBody (FastAPI's own
+    `{"detail": [...]}` body is never sent, _validation_error answers instead), and the security is that of the
+    API keys as they are configured now (deployments.auth.document)."""
+
+    def openapi(self) -> dict[str, Any]:
+        schema = super().openapi()  # FastAPI's, made again only when the routes change
+        if schema is not getattr(self, "_contract_of", None):
+            _real_errors(schema)
+            self._contract_of = schema
+        return auth.document(schema)
+
+
+def _real_errors(schema: dict[str, Any]) -> None:
+    """FastAPI's default 422 (HTTPValidationError) becomes the error body _validation_error really sends, and
+    error bodies are JSON whatever a route answers when it succeeds (FastAPI gives them the route's media type)."""
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            for status, r in op.get("responses", {}).items():
+                schemas = [c.get("schema") for c in r.get("content", {}).values()]
+                if error in schemas or {"$ref": "#/components/schemas/HTTPValidationError"} in schemas:
+                    r["content"] = {"application/json": {"schema": dict(error)}}
+                    if status == "422":
+                        r["description"] = WHEN[422]
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)  # every route declares ErrorBody (its 503 at least), so it is there
+
+
+api = Api(title="videobert-stream", version=VERSION, generate_unique_id_function=lambda route: route.name,
+          description="Live VideoBERT tagging: queue video streams, read their tags live, tag clips on demand. "
+                      "Every error is {\"error\": {\"code\", \"message\"}}. With API keys configured, every /v1 "
+                      "route needs `Authorization: Bearer KEY` (or `?access_token=KEY`, for EventSource).")
 
 
 @api.exception_handler(ApiError)
@@ -73,8 +160,24 @@ async def _validation_error(request: Request, e: RequestValidationError):
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, e: StarletteHTTPException):
+    if e.status_code == 400:  # a body FastAPI could not parse (not UTF-8, say): answered as any invalid body
+        return JSONResponse(error_body("invalid_request", f"body: {e.detail}"), status_code=422)
     code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-    return JSONResponse(error_body(code, str(e.detail)), status_code=e.status_code)
+    headers = getattr(e, "headers", None)
+    if e.status_code == 405:  # RFC 9110: a 405 lists the methods the resource takes
+        headers = {**(headers or {}), **({"Allow": allowed} if (allowed := _allowed(request)) else {})}
+    return JSONResponse(error_body(code, str(e.detail)), status_code=e.status_code, headers=headers)
+
+
+def _allowed(request: Request) -> str | None:
+    """The methods the OpenAPI document lists for this path (Starlette's Allow names only those of the first route
+    that matched the path: GET /v1/streams hid POST /v1/streams); None for a path it does not list."""
+    path = request.scope["path"].removeprefix(request.scope.get("root_path", "")) or "/"
+    for template, ops in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)), path):
+            methods = {m.upper() for m in ops} | ({"HEAD"} if "get" in ops else set())
+            return ", ".join(sorted(methods))
+    return None
 
 
 api.add_middleware(RequireKey)
@@ -91,7 +194,11 @@ class Ingress:
         self.redis = redis_client(settings.redis.url, asyncio=True)
         self.sync_redis = redis_client(settings.redis.url)  # what runs in a thread: /metrics, actors.control
         self.page = PAGE.read_text() if PAGE.is_file() else "<h1>videobert-stream</h1>"
-        self.live = LiveHub(self.redis, self.keys.live("*"), settings.api.max_sse_clients)
+        self.model: dict | None = None  # {"id", "name", "hash"} of the model the tagger serves (/readyz)
+        seats = Seats(settings.api.max_sse_clients)  # live clients of both feeds, together
+        self.live = LiveHub(self.redis, self.keys.live("*"), seats)
+        self.hub = EventHub(self.redis, self.keys, seats, settings.api.page_limit)  # GET /v1/events
+        self.raw_redis = redis_client(settings.redis.url, asyncio=True, decode=False)  # bytes: the JPEG snapshots
         self.reconfigure({"keys": settings.api.keys, "auth_health": settings.api.auth_health,
                           "auth_metrics": settings.api.auth_metrics})
 
@@ -120,13 +227,19 @@ class Ingress:
         return StreamState.from_hash(stream_id, h)
 
     # -- streams -------------------------------------------------------------------------------------
-    @api.post("/v1/streams", status_code=202, response_model=StreamAccepted)
+    @api.post("/v1/streams", status_code=202, response_model=StreamAccepted, summary="Queue a stream",
+              responses={202: {"links": STREAM_LINKS},
+                         **errors(409, 422, 429, 503, s422="a URL the policy refuses (refused_*), label sets the model "
+                                                           "cannot tag with (bad_options), TLS it cannot verify "
+                                                           "(tls_error)")})
     async def create_stream(self, body: StreamRequest, request: Request):
-        job = body.to_job()
         try:  # the checks the supervisor would make, answered now instead of as a failed stream later
+            job = body.to_job()
             await asyncio.to_thread(control.admit, job, self.settings.url_policy)
         except control.Refused as e:
             raise ApiError(422, e.reason.value, str(e)) from None
+        except ValueError as e:  # a template whose [MASK]s do not fit its label sets (StreamRequest.to_job)
+            raise ApiError(422, "bad_options", str(e)) from None
         client = request.state.client
         limit = self.settings.api.max_streams_per_key
         if client != "anonymous" and limit:
@@ -146,9 +259,11 @@ class Ingress:
                               links={"self": f"/v1/streams/{sid}", "tags": f"/v1/streams/{sid}/tags",
                                      "events": f"/v1/streams/{sid}/events"})
 
-    @api.get("/v1/streams")
-    async def list_streams(self, request: Request, offset: int = Query(0, ge=0),
-                           limit: int = Query(50, ge=1), status: StreamStatus | None = None):
+    @api.get("/v1/streams", response_model=StreamPage, summary="List streams, newest first",
+             responses=errors(422, 503))
+    async def list_streams(self, request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET),
+                           limit: int = Query(50, ge=1, description="at most the service's page_limit are given"),
+                           status: StreamStatus | None = None):
         limit = min(limit, self.settings.api.page_limit)
         total = await self.redis.zcard(self.keys.streams)
         if status is None:
@@ -167,11 +282,17 @@ class Ingress:
             rows = rows[offset: offset + limit]
         return {"streams": rows, "offset": offset, "limit": limit, "total": total}
 
-    @api.get("/v1/streams/{stream_id}")
+    @api.get("/v1/streams/{stream_id}", response_model=StreamView, response_model_exclude_unset=True,
+             summary="A stream's state", responses=errors(404, 503))
     async def get_stream(self, stream_id: str, request: Request):
         return (await self._stream(stream_id)).public()
 
-    @api.delete("/v1/streams/{stream_id}", status_code=202)
+    @api.delete("/v1/streams/{stream_id}", status_code=202, response_model=StreamStopped, summary="Stop a stream",
+                description="Stops the stream: 202 while it stops (within a heartbeat), 200 when it had already ended. "
+                            "A stopped stream is not removed: its state (status `stopped`) and its tags stay readable "
+                            "until ended streams expire, and the same id can be queued again.",
+                responses={200: {"model": StreamStopped, "description": "it had already ended: how"},
+                           **errors(404, 503)})
     async def stop_stream(self, stream_id: str, request: Request):
         st = await asyncio.to_thread(control.request_stop, self.sync_redis, self.keys, stream_id)
         if st is None:
@@ -180,10 +301,12 @@ class Ingress:
             return JSONResponse({"stream_id": stream_id, "status": st.status.value}, status_code=200)
         return {"stream_id": stream_id, "status": "stopping"}
 
-    @api.get("/v1/streams/{stream_id}/tags")
+    @api.get("/v1/streams/{stream_id}/tags", response_model=TagPage, response_model_exclude_unset=True,
+             summary="A stream's tags, oldest first", responses=errors(404, 422, 503))
     async def get_tags(self, stream_id: str, request: Request,
-                       since: float | None = Query(None, ge=0, le=MAX_STREAM_SECONDS, allow_inf_nan=False),
-                       limit: int = Query(100, ge=1)):
+                       since: float | None = Query(None, ge=0, le=MAX_STREAM_SECONDS, allow_inf_nan=False,
+                                                   description="only clips starting after this many seconds"),
+                       limit: int = Query(100, ge=1, description="at most the service's page_limit are given")):
         from actors.sink import entry_id
 
         await self._stream(stream_id)
@@ -193,44 +316,94 @@ class Ingress:
         tags = [{"id": eid, **TagResult.model_validate_json(f["data"]).to_dict()} for eid, f in entries]
         return {"stream_id": stream_id, "tags": tags, "next_since": tags[-1]["t0"] if tags else since}
 
-    @api.get("/v1/streams/{stream_id}/events")
+    def _too_many(self, e: Full) -> ApiError:
+        return ApiError(503, "too_many_clients", f"this replica serves {self.settings.api.max_sse_clients} live "
+                                                 f"clients at most ({e}); try again shortly", headers={"Retry-After": "5"})
+
+    @api.get("/v1/streams/{stream_id}/events", response_class=StreamingResponse, summary="A stream's live events",
+             responses={200: {"content": sse_content(("status", "tag")), "description": "status and tag events"},
+                        **errors(404, 503, s503="too many live clients on this replica (too_many_clients)")})
     async def events(self, stream_id: str, request: Request):
-        first = (await self._stream(stream_id)).public()
+        """Server-sent events of one stream: `status` (with `reason` and `error`), then `tag` events whose `id:` is
+        the tag's entry id; a reconnect with Last-Event-ID gets the tags written since (deployments/live.py)."""
+        await self._stream(stream_id)
         channel = self.keys.live(stream_id)
         try:
             queue = self.live.join(channel)
         except Full as e:
-            raise ApiError(503, "too_many_clients", f"this replica serves {self.settings.api.max_sse_clients} live "
-                                                    f"clients at most ({e}); try again shortly",
-                           headers={"Retry-After": "5"}) from None
+            raise self._too_many(e) from None
+        try:  # the state is read after joining: nothing committed in between is missed
+            first = (await self._stream(stream_id)).public()
+        except BaseException:
+            self.live.leave(channel, queue)
+            raise
 
         async def feed():
             try:
-                yield f"event: status\ndata: {json.dumps({'status': first['status'], 'stream': first})}\n\n"
-                if first.get("latest"):
-                    yield f"event: tag\ndata: {json.dumps(first['latest'])}\n\n"
-                last_beat = time.monotonic()
-                while not await request.is_disconnected():
-                    try:
-                        data = await asyncio.wait_for(queue.get(), timeout=1.0)
-                    except asyncio.TimeoutError:
-                        if time.monotonic() - last_beat > 15:
-                            last_beat = time.monotonic()
-                            yield ": keep-alive\n\n"
-                        continue
-                    ev = json.loads(data)
-                    if ev.get("event") == "tag":
-                        yield f"event: tag\ndata: {json.dumps(ev['data'])}\n\n"
-                    else:
-                        yield f"event: status\ndata: {json.dumps({'status': ev.get('status')})}\n\n"
+                async for text in stream_feed(self.redis, self.keys, stream_id, first, queue,
+                                              request.headers.get("last-event-id"), request.is_disconnected,
+                                              self.settings.api.page_limit):
+                    yield text
             finally:
                 self.live.leave(channel, queue)
 
         return StreamingResponse(feed(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    @api.get("/v1/events", response_class=StreamingResponse, summary="Every stream's live events, resumable",
+             responses={200: {"content": sse_content(("status", "tag", "ready", "reset")),
+                              "description": "status and tag events of every stream"},
+                        **errors(503, s503="too many live clients on this replica (too_many_clients)")})
+    async def all_events(self, request: Request):
+        """Server-sent events of every stream in one feed (a page opens one EventSource): `status` (with `reason`
+        and `error`) and `tag` events, each naming its `stream_id`, each with `id:` set to its entry id in
+        vbs:events; a reconnect with Last-Event-ID resumes from there and loses nothing (deployments/live.py)."""
+        try:
+            client = self.hub.join()
+        except Full as e:
+            raise self._too_many(e) from None
+        # ?last_event_id= for a new EventSource, which sends no Last-Event-ID (the header, when sent, is newer)
+        since = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+
+        async def feed():
+            try:
+                async for text in self.hub.feed(client, since, request.is_disconnected):
+                    yield text
+            finally:
+                self.hub.leave(client)
+
+        return StreamingResponse(feed(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @api.get("/v1/streams/{stream_id}/snapshot.jpg", response_class=Jpeg, summary="A stream's latest picture",
+             responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                              "description": "the last frame of the latest clip"},
+                        **errors(404, 503, s404="or no picture of it yet (no_snapshot, with Retry-After)")})
+    async def snapshot(self, stream_id: str, request: Request):
+        """The last frame of the stream's latest clip as a small JPEG. Asking marks the stream watched for a few
+        seconds: thumbnails are made only while someone asks (at most once a second), so the first answer may be
+        404 (actors/snapshot.py)."""
+        from actors.snapshot import WATCH_TTL_S
+
+        if not valid_stream_id(stream_id) or not await self.redis.exists(self.keys.stream(stream_id)):
+            raise ApiError(404, "not_found", f"no stream {stream_id!r}")
+        pipe = self.raw_redis.pipeline(transaction=False)
+        pipe.set(self.keys.watched(stream_id), b"1", ex=WATCH_TTL_S)
+        pipe.get(self.keys.snapshot(stream_id))
+        _, jpeg = await pipe.execute()
+        if not jpeg:
+            raise ApiError(404, "no_snapshot", f"no picture of stream {stream_id!r} yet: one is made from its next clip "
+                                               "while someone asks for it", headers={"Retry-After": "1"})
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
     # -- on-demand tagging ---------------------------------------------------------------------------
-    @api.post("/v1/tag")
+    @api.post("/v1/tag", response_model=UploadTags, response_model_exclude_unset=True, summary="Tag a short clip",
+              openapi_extra={"requestBody": {"required": True, "description": "the video file's bytes", "content": {
+                  media: {"schema": {"type": "string", "format": "binary"}}
+                  for media in ("application/octet-stream", "video/*")}}},
+              responses=errors(413, 422, 503, s422="an empty body (empty_body), bytes that are no video "
+                                                   "(unreadable_video), a clip shorter than one clip (too_short), "
+                                                   "label sets the model cannot tag with (bad_labels)"))
     async def tag(self, request: Request, template: str | None = Query(None, max_length=512),
                   labels: str | None = Query(None, description='JSON: {"slot": ["word", ...]}')):
         limit = self.settings.api.max_upload_bytes
@@ -247,7 +420,8 @@ class Ingress:
         try:
             label_set = LabelSet.of(template, json.loads(labels) if labels else None)
         except (ValueError, TypeError) as e:  # not JSON, not slot -> words, or no fit with the template
-            raise ApiError(422, "bad_labels", f"labels must be a JSON object of slot -> words: {e}"[:400]) from e
+            why = e.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(e, ValidationError) else str(e)
+            raise ApiError(422, "bad_labels", f"labels must be a JSON object of slot -> words: {why}"[:400]) from e
         result = await self.tagger.tag.remote(bytes(body), label_set, self.settings.api.max_upload_seconds)
         if "error" in result:
             err = result["error"]
@@ -255,11 +429,13 @@ class Ingress:
         return result
 
     # -- health, metrics, page -----------------------------------------------------------------------
-    @api.get("/healthz")
+    @api.get("/healthz", response_model=Health, summary="Alive", responses=errors(503))
     async def healthz(self, request: Request):
         return {"ok": True}
 
-    @api.get("/readyz")
+    @api.get("/readyz", response_model=Readiness, summary="Ready: Redis, the model and the graph answer",
+             responses={503: {"model": Readiness | ErrorBody,
+                              "description": "not ready (which check failed), or starting (not_ready)"}})
     async def readyz(self, request: Request):
         checks: dict[str, Any] = {}
         try:
@@ -268,7 +444,9 @@ class Ingress:
             checks["redis"] = False
             checks["redis_error"] = type(e).__name__
         try:
-            checks["model"] = (await asyncio.wait_for(self.tagger.ready.remote(), 5))["model"]
+            ready = await asyncio.wait_for(self.tagger.ready.remote(), 5)
+            checks["model"] = ready["model"]
+            self.model = ready.get("model_id") or self.model  # the model's identity, kept for when it stops answering
         except Exception as e:  # noqa: BLE001
             checks["model"] = False
             checks["model_error"] = type(e).__name__
@@ -278,7 +456,7 @@ class Ingress:
         except Exception:  # noqa: BLE001
             checks["graph"] = False
         ok = checks["redis"] and checks["model"] and checks["graph"]
-        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        body: dict[str, Any] = {"ready": ok, "checks": checks, "model": self.model, "version": VERSION}
         if checks["redis"]:  # where the graph runs: each pool and each replica's node and device
             try:
                 raw = await self.redis.get(self.keys.graph)
@@ -288,14 +466,15 @@ class Ingress:
                 body["graph"] = None
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics of the whole pipeline",
+             responses=errors(503))
     async def metrics(self, request: Request):
         from actors.metrics import CONTENT_TYPE, render
 
         text = await asyncio.to_thread(render, self.sync_redis, self.keys)
         return Response(text, media_type=CONTENT_TYPE)
 
-    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @api.get("/", response_class=HTMLResponse, summary="The live page", responses=errors(503))
     async def page(self):
         return HTMLResponse(self.page)
 

@@ -1,7 +1,8 @@
 """API keys: which routes they guard and the ASGI middleware that checks them first, before anything reads a
 request (a body is neither read nor validated for a caller without a key). `Authorization: Bearer KEY`, or
 `?access_token=KEY` for EventSource, which cannot send headers. The caller's opaque id (a hash of its key,
-never the key) goes to the request's state as `client`.
+never the key) goes to the request's state as `client`. `document` says the same in the OpenAPI document: the
+bearer and access_token schemes, required (and 401 answered) exactly where the keys guard.
 
 What the keys are is process state set by the ingress (`configure`, from Serve's user_config): Serve may run a
 copy of the FastAPI app and of the ingress class in its replica, but this module is imported, not copied, so
@@ -9,10 +10,12 @@ the middleware and the ingress see the same `Auth`."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs
 
 
@@ -47,6 +50,37 @@ def configure(auth: Auth) -> None:
 UNAUTHORIZED = json.dumps({"error": {"code": "unauthorized",
                                      "message": "a valid API key is required (Authorization: Bearer KEY)"}}).encode()
 NOT_READY = json.dumps({"error": {"code": "not_ready", "message": "the service is starting"}}).encode()
+
+
+# the OpenAPI security schemes: the two ways RequireKey takes a key
+SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key: `Authorization: Bearer KEY`"},
+    "access_token": {"type": "apiKey", "in": "query", "name": "access_token",
+                     "description": "the same key as `?access_token=KEY`, for EventSource, which cannot send headers"},
+}
+UNAUTHORIZED_RESPONSE = {
+    "description": "no API key, or not one of the keys (unauthorized)",
+    "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
+
+
+def document(schema: dict[str, Any], auth: Auth | None = None) -> dict[str, Any]:
+    """A copy of an OpenAPI document with the security these keys enforce (the current ones by default): both
+    schemes declared, and each operation they guard requiring one of them and answering 401 without it. With no
+    keys configured, no operation requires one (and none answers 401)."""
+    auth = _current if auth is None else auth
+    out = copy.deepcopy(schema)
+    out.setdefault("components", {})["securitySchemes"] = copy.deepcopy(SCHEMES)
+    for path, ops in out.get("paths", {}).items():
+        for op in ops.values():
+            if auth.guards(path):
+                op["security"] = [{name: []} for name in SCHEMES]
+                op.setdefault("responses", {})["401"] = copy.deepcopy(UNAUTHORIZED_RESPONSE)
+            else:
+                op.pop("security", None)
+                op.get("responses", {}).pop("401", None)
+    return out
 
 
 class RequireKey:

@@ -62,7 +62,7 @@ class Tagger:
 
     def ready(self) -> dict:
         self._probe()
-        return {"model": True, "clip": self.encoder.spec.to_dict()}
+        return {"model": True, "model_id": self.fusion.tagger.identity.to_dict(), "clip": self.encoder.spec.to_dict()}
 
     def _decode(self, data: bytes, max_seconds: float):
         from videobert.reader import VideoReadError, VideoTooLong, read_video

@@ -21,7 +21,7 @@ def cmd_corpus_make(a: argparse.Namespace) -> int:
     from videobert.corpus import make_corpus
 
     r = make_corpus(a.out, a.videos, seed=a.seed, workers=a.workers, container=a.container,
-                    min_seconds=a.min_seconds, max_seconds=a.max_seconds, progress=not a.quiet)
+                    min_seconds=a.min_seconds, max_seconds=a.max_seconds, progress=not a.quiet, vary=a.vary)
     print(f"wrote {r.videos} videos ({r.seconds_of_video:.0f} s of video) to {a.out} in {r.wall_seconds:.1f} s "
           f"({r.videos_per_minute:.1f} videos/min)")
     return 0
@@ -158,12 +158,36 @@ def _labels(a: argparse.Namespace):
         raise ValueError(f"--template/--slot: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
+def _probe_video(source: str) -> None:
+    """Refuse, before the model is loaded, a source that is missing, not a video, or cannot be opened."""
+    import av
+
+    if "://" not in source and not Path(source).is_file():
+        raise FileNotFoundError(f"{'not a file' if Path(source).exists() else 'no such file'}: {source}")
+    try:
+        with av.open(source, timeout=(10.0, 10.0)) as c:
+            if not c.streams.video:
+                raise ValueError(f"{source}: no video stream")
+    except (av.error.FFmpegError, OSError) as e:
+        raise ValueError(f"{source}: cannot open as a video: {e}") from None
+
+
 def cmd_tag(a: argparse.Namespace) -> int:
+    from ops.up import settings_for
     from videobert.device import pick_device
+    from videobert.reader import VideoReadError
     from videobert.tagging import Tagger, write_jsonl
 
-    tagger = Tagger(a.model, device=pick_device(a.device), labels=_labels(a), context=a.context)
-    rows = tagger.tag_video(a.source, with_embedding=a.embedding)
+    if a.context < 0:
+        raise ValueError(f"--context is a number of earlier clips, >= 0, not {a.context}")
+    labels = _labels(a)
+    _probe_video(a.source)
+    tagger = Tagger(a.model or settings_for(a).model_dir, device=pick_device(a.device), labels=labels,
+                    context=a.context)
+    try:
+        rows = tagger.tag_video(a.source, with_embedding=a.embedding)
+    except VideoReadError as e:
+        raise ValueError(str(e)) from None
     if a.out:
         with open(a.out, "w") as fh:
             write_jsonl(rows, fh)
@@ -224,11 +248,12 @@ def cmd_push(a: argparse.Namespace) -> int:
 
 
 def _redis_for(a: argparse.Namespace):
-    from actors.keys import Keys, redis_client
-    from ops.up import settings_for
+    """The Redis of a client command (ops.up.find_redis: --redis-url, REDIS_URL or the config, the run file of a
+    running `vbs up`, 127.0.0.1:6379), checked to answer, and the key names of the config's prefix."""
+    from ops.up import client_for
 
-    s = settings_for(a)
-    return redis_client(s.redis.url), Keys(s.redis.prefix)
+    r, keys, _ = client_for(a)
+    return r, keys
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -242,7 +267,7 @@ def cmd_status(a: argparse.Namespace) -> int:
         st = control.state(r, keys, sid)
         if st is None:
             if a.id:
-                raise FileNotFoundError(f"no stream {a.id!r}")
+                raise FileNotFoundError(f"no stream {a.id!r} under the prefix {keys.prefix!r}")
             continue
         row = st.public()
         if not a.latest:
@@ -278,11 +303,85 @@ def cmd_stop(a: argparse.Namespace) -> int:
     r, keys = _redis_for(a)
     st = control.request_stop(r, keys, a.id)
     if st is None:
-        raise FileNotFoundError(f"no stream {a.id!r}")
+        raise FileNotFoundError(f"no stream {a.id!r} under the prefix {keys.prefix!r}")
     if st.status.terminal:
         print(f"{a.id} has already ended ({st.status.value})")
     else:
         print(f"stop requested for {a.id}; it ends within a heartbeat")
+    return 0
+
+
+TAGS_PAGE = 500  # entries read at a time
+TOP_LABELS = 2  # labels shown per slot in a human line
+
+
+def _stream_seconds(text: str) -> float:
+    """--since: stream seconds, within the bounds the API's ?since= takes."""
+    from schemas.state import MAX_STREAM_SECONDS
+
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not 0 <= x <= MAX_STREAM_SECONDS:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"takes stream seconds from 0 to {MAX_STREAM_SECONDS:.0e}, not {text!r}")
+    return x
+
+
+def _tag_line(t) -> str:
+    """One tag for a person: stream time, the top labels of each slot with their scores, the subtitle."""
+    slots = "   ".join(f"{slot}: " + ", ".join(f"{x.label} {x.score:.2f}" for x in ranked[:TOP_LABELS])
+                       for slot, ranked in t.labels.items())
+    subtitle = " ".join(t.subtitle.split())
+    return f"{t.t0:8.2f}-{t.t1:<8.2f}  {slots}" + (f'   "{subtitle}"' if subtitle else "")
+
+
+def cmd_tags(a: argparse.Namespace) -> int:
+    """A stream's tags from vbs:tags:{id}, as the sink wrote them; with --follow, new ones as they come (XREAD
+    BLOCK) until the stream ends."""
+    from pydantic import ValidationError
+
+    from actors import control
+    from actors.sink import entry_id
+    from schemas.state import TagResult
+
+    r, keys = _redis_for(a)
+    st = control.state(r, keys, a.id)
+    if st is None:
+        raise FileNotFoundError(f"no stream {a.id!r} under the prefix {keys.prefix!r}")
+    key = keys.tags(a.id)
+    last = entry_id(a.since) if a.since is not None else "0-0"  # the entry after which to read
+
+    def show(entries) -> None:
+        nonlocal last
+        for eid, fields in entries:
+            last = eid
+            try:
+                t = TagResult.model_validate_json(fields.get("data", ""))
+            except ValidationError as e:
+                log.warning("skipping entry %s of %s: not a tag (%s)", eid, key, e.errors()[0]["msg"])
+                continue
+            print(json.dumps({"id": eid, **t.to_dict()}) if a.json else _tag_line(t), flush=a.follow)
+
+    def read_all() -> None:
+        while True:
+            entries = r.xrange(key, min=f"({last}", count=TAGS_PAGE)
+            show(entries)
+            if len(entries) < TAGS_PAGE:
+                return
+
+    read_all()
+    if not a.follow:
+        return 0
+    while not st.status.terminal:
+        for _, entries in r.xread({key: last}, block=1000, count=TAGS_PAGE) or []:
+            show(entries)
+        st = control.state(r, keys, a.id)
+        if st is None:
+            print(f"{a.id}: its state has gone (expired or deleted)", file=sys.stderr)
+            return 0
+    read_all()  # what was written before it ended and after the last read
+    print(f"{a.id}: {st.status.value}" + (f" ({st.reason})" if st.reason else ""), file=sys.stderr)
     return 0
 
 
@@ -300,8 +399,38 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments end in one line (which command, what is wrong, where help is) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _SubParser(_Parser):
+    """A subcommand: takes -v too, so that `vbs up -v` works as `vbs -v up` (SUPPRESS: not given here, the value
+    given before the subcommand stands)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+
+
+VERBOSE_HELP = "debug logging; with `vbs up`, every log line of the actors (default: their warnings and errors)"
+
+
+def _service_args(p: argparse.ArgumentParser) -> None:
+    """--config and --redis-url of a command that reads the service's settings (before or after it, as -v)."""
+    p.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    p.add_argument("--redis-url", default=argparse.SUPPRESS, help=REDIS_HELP)
+
+
+CONFIG_HELP = "TOML config (default: ops/config.toml), the same for every command; fields in schemas/config.py"
+REDIS_HELP = ("redis:// or rediss:// URL (password allowed; never logged). Client commands find Redis from it, else "
+              "REDIS_URL or the config's redis.url, else the run file of a running `vbs up`, else 127.0.0.1:6379")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="vbs",
         description="Live VideoBERT tagging: generate the shapes-world corpus, train the video encoder and "
                     "visual words, and evaluate them. Run `vbs COMMAND --help` for each command.",
@@ -311,15 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
                "  vbs train vocab --data data/train --encoder models/encoder --out models/vocab\n"
                "  vbs eval encoder --encoder models/encoder --vocab models/vocab --data data/heldout\n"
                "  vbs train demo --out models/demo --preset quick")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("-v", "--verbose", action="store_true", default=False, help=VERBOSE_HELP)
+    p.add_argument("--config", default=None, help=CONFIG_HELP)
+    p.add_argument("--redis-url", default=None, help=REDIS_HELP)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_SubParser)
 
     corpus = sub.add_parser("corpus", help="make or inspect a video corpus",
                             description="Generate the shapes-world demo corpus, or read any directory of videos the "
                                         "way the trainers do and report what was found in each file.").add_subparsers(
         dest="what", required=True, metavar="ACTION")
     mk = corpus.add_parser("make", help="generate shapes-world videos (H.264 + embedded subtitles + .srt + ground-truth .json)",
-                           description="Generate the shapes world of DEMO_WORLD.md: narrated how-to videos of shapes "
+                           description="Generate the shapes world of docs/DEMO_WORLD.md: narrated how-to videos of shapes "
                                        "that grow, shrink, lift, drop, slide, shake, blink and fade. Deterministic per seed.")
     mk.add_argument("--out", required=True, help="output directory (created)")
     mk.add_argument("--videos", type=int, required=True, help="number of videos")
@@ -328,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--container", choices=("mp4", "mkv"), default="mp4", help="mp4 (mov_text subtitles) or mkv (SubRip)")
     mk.add_argument("--min-seconds", type=float, default=10.0, help="shortest video (default 10)")
     mk.add_argument("--max-seconds", type=float, default=60.0, help="longest video (default 60)")
+    mk.add_argument("--vary", action="store_true",
+                    help="draw each video its own way where the spec leaves the picture open (shape proportions, "
+                         "tilt, anti-aliasing, colour values, grain, compression): the same videos and narration")
     mk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     mk.set_defaults(func=cmd_corpus_make)
 
@@ -459,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "clip: t0, t1, labels {slot: [{label, score}]}, alignment (of the overlapping "
                                     "subtitle with the picture, or null), subtitle.")
     tg.add_argument("source", help="video file path or URL PyAV can open")
-    tg.add_argument("--model", default="models/demo", help="model directory with encoder/, vocab/, videobert/ (default models/demo)")
+    tg.add_argument("--model", default=None, help="model directory with encoder/, vocab/, videobert/ (default: "
+                                                  "model_dir of the config, models/demo)")
     tg.add_argument("--template", default=None, help='default "now let me show you how to [MASK] the [MASK]"')
     tg.add_argument("--slot", action="append", metavar="NAME=w1,w2",
                     help="a label set per [MASK], in order (default verb=<8 verbs> noun=<6 nouns>); single-token words")
@@ -469,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--embedding", action="store_true", help="add the fused embedding to each line")
     tg.add_argument("--out", default=None, help="write JSON lines here instead of stdout")
     tg.add_argument("--device", default=None)
+    tg.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP + " (its model_dir)")
     tg.set_defaults(func=cmd_tag)
 
     ft = sub.add_parser("finetune", help="fine-tune a classification head; compare with a fusion model not pretrained",
@@ -522,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     ew.set_defaults(func=cmd_eval_words)
 
     ez = ev.add_parser("zero-shot", help="VideoBERT zero-shot verb/noun accuracy on held-out videos (video only)",
-                       description="The DEMO_WORLD protocol on any directory of videos with ground-truth .json: "
+                       description="The docs/DEMO_WORLD.md protocol on any directory of videos with ground-truth .json: "
                                    "each segment's visual words fill \"now let me show you how to [MASK] the [MASK]\", "
                                    "the first slot restricted to the 8 verbs, the second to the 6 nouns; no subtitles.")
     ez.add_argument("--model", required=True)
@@ -536,10 +672,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Start (or join) Ray and run the streaming graph and the HTTP service (API, live "
                                     "page, /metrics): push stream URLs to the ingest stream or POST /v1/streams and "
                                     "tags appear in Redis and on the page while they play. Redis: --redis-url, else "
-                                    "REDIS_URL, else 127.0.0.1:6379, else a redis-server started for the session.")
-    up.add_argument("--redis-url", default=None, help="redis:// or rediss:// URL (password allowed; never logged)")
+                                    "REDIS_URL or the config's redis.url (which must answer), else 127.0.0.1:6379, "
+                                    "else a redis-server started for the session. It writes a run file (in "
+                                    "VBS_STATE_DIR, else $XDG_STATE_HOME/vbs, else ~/.local/state/vbs) through which "
+                                    "push, status, tags and stop in another terminal find it, removed when it stops. "
+                                    "Actors log their warnings and errors here; -v: everything.")
+    _service_args(up)
     up.add_argument("--model", default=None, help="model directory (default: model_dir of the config, models/demo)")
-    up.add_argument("--config", default=None, help="TOML config (default: ops/config.toml); fields in schemas/config.py")
     up.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto or ray://head:10001) "
                                                      "instead of starting a local Ray")
     up.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of a local Ray (actors ask for fractions)")
@@ -557,26 +696,39 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--subtitles", default=None, help="sidecar .srt/.vtt URL or path")
     pu.add_argument("--options", default=None,
                     help='JSON: {"template": "...", "labels": {"verb": [...]}, "clip_rate": 0.67, "live": true}')
-    pu.add_argument("--redis-url", default=None)
-    pu.add_argument("--config", default=None)
+    _service_args(pu)
     pu.set_defaults(func=cmd_push)
 
-    st = sub.add_parser("status", help="status of one stream or the most recent ones (JSON lines)")
+    st = sub.add_parser("status", help="status of one stream or the most recent ones (JSON lines)",
+                        description="Each stream's state as GET /v1/streams/{id} gives it (typed: numbers, booleans, "
+                                    "null), one JSON object a line, newest first. An unknown id exits 2.")
     st.add_argument("id", nargs="?", default=None)
     st.add_argument("--limit", type=int, default=20)
     st.add_argument("--latest", action="store_true", help="include the latest result")
     st.add_argument("--graph", action="store_true",
                     help="the graph instead: each pool's running and target replicas, and where each replica runs "
                          "(node, device, its streams or queue)")
-    st.add_argument("--redis-url", default=None)
-    st.add_argument("--config", default=None)
+    _service_args(st)
     st.set_defaults(func=cmd_status)
 
     sp = sub.add_parser("stop", help="stop a stream cleanly")
     sp.add_argument("id")
-    sp.add_argument("--redis-url", default=None)
-    sp.add_argument("--config", default=None)
+    _service_args(sp)
     sp.set_defaults(func=cmd_stop)
+
+    ta = sub.add_parser("tags", help="a stream's tags, or follow them live (--follow)",
+                        description="Print the tags of stream ID as the graph wrote them (Redis stream vbs:tags:ID): "
+                                    "one line per clip with its stream time, the top labels of each slot with their "
+                                    "scores and its subtitle; --json: one JSON object per clip, as GET "
+                                    "/v1/streams/{id}/tags gives them. --follow keeps printing new tags until the "
+                                    "stream ends (or Ctrl-C). An unknown ID exits 2; Redis not answering exits 1.")
+    ta.add_argument("id", help="stream id")
+    ta.add_argument("--follow", "-f", action="store_true", help="keep printing new tags until the stream ends")
+    ta.add_argument("--since", type=_stream_seconds, default=None, metavar="S",
+                    help="only clips that start after stream second S")
+    ta.add_argument("--json", action="store_true", help="JSON lines instead of lines for people")
+    _service_args(ta)
+    ta.set_defaults(func=cmd_tags)
     return p
 
 
@@ -584,7 +736,14 @@ MODEL_COMMANDS = {cmd_train_encoder, cmd_eval_encoder, cmd_train_videobert, cmd_
                   cmd_train_demo}
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 1 the service cannot be reached (Redis refused, timed out, failed) or an unexpected
+    error; 2 bad input (arguments, files, config, an unknown stream); 130 Ctrl-C. Errors are one line on stderr;
+    -v adds the traceback of an unexpected one."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -596,11 +755,25 @@ def main(argv: list[str] | None = None) -> int:
             use_minilm(minilm_dir_from())
         return args.func(args)
     except (FileNotFoundError, ValueError) as e:
-        print(f"vbs: error: {e}", file=sys.stderr)
+        print(f"vbs: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vbs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vbs tags ID | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as e:  # noqa: BLE001 - the command line ends in one line, never a traceback
+        from ops.up import Unreachable
+
+        redis_error = type(e).__module__.startswith("redis")
+        if isinstance(e, Unreachable) or redis_error:
+            print(f"vbs: error: {'Redis: ' if redis_error else ''}{_one_line(e)}", file=sys.stderr)
+            return 1
+        log.debug("unexpected error", exc_info=True)
+        print(f"vbs: error: {type(e).__name__}: {_one_line(e)}" + ("" if args.verbose else " (vbs -v shows where)"),
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

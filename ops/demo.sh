@@ -5,7 +5,7 @@
 # VBS_PRESET=full builds the full-preset model instead (in models/demo-full; a model directory holds one build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash ops/setup.sh
+VBS_SETUP=service bash ops/setup.sh  # the service's packages only; the test command adds the test tools
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PRESET=${VBS_PRESET:-quick}
 if [ "$PRESET" = quick ]; then default_dir=models/demo; else default_dir=models/demo-$PRESET; fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Set-up, idempotent: a virtual environment in .venv with the project and its test extra installed.
-# Reinstalls only when pyproject.toml changed since the last run. VBS_SETUP=service (ops/Dockerfile): only
-# what the service runs with (ffmpeg, redis-server, openssl; the project without its test extra).
+# Set-up, idempotent: a virtual environment in .venv with the project installed. Reinstalls only when
+# pyproject.toml changed since the last run. VBS_SETUP=service (the main command, ops/demo.sh, and
+# ops/Dockerfile): only what the service runs with (ffmpeg, redis-server, openssl; the project without its
+# test extra). The default (the test command, ops/test.sh) adds the test tools: the test extra, prometheus
+# with promtool, chromium and chromedriver.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -26,8 +28,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 extra=".[test]"; [ "$SETUP" = service ] && extra="."
-stamp=".venv/.installed-$SETUP-$(sha256sum pyproject.toml | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
+hash=$(sha256sum pyproject.toml | cut -c1-16)
+stamp=".venv/.installed-$SETUP-$hash"
+# the full set-up holds the service's: after the test command, the main command installs nothing more
+if [ ! -f "$stamp" ] && ! { [ "$SETUP" = service ] && [ -f ".venv/.installed-full-$hash" ]; }; then
   echo "setup: installing the project into .venv (first run takes a few minutes)" >&2
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e "$extra"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from actors import control
 from actors.keys import Keys, redis_client
+from ops import runfile
 from schemas.config import DEFAULT_REDIS, Settings
 from schemas.streams import IngestJob, JobError
 
@@ -32,12 +33,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Unreachable(Exception):
+    """Redis does not answer (refused, timed out, wrong password): the CLI says so in one line and exits 1."""
+
+
+# a client command waits this long for Redis to accept a connection and for each reply (XREAD BLOCK waits less)
+CONNECT_TIMEOUT_S = 2.0
+REPLY_TIMEOUT_S = 5.0
+
+
+def quick_client(url: str, *, decode: bool = True):
+    """A Redis client for a command run by hand: short timeouts and no retries, so that a Redis that is not there
+    is said at once (the service's clients, actors.keys.redis_client, ride out outages instead)."""
+    return redis_client(url, decode=decode, retries=0, connect_timeout_s=CONNECT_TIMEOUT_S, timeout_s=REPLY_TIMEOUT_S)
+
+
+def why(e: BaseException) -> str:
+    """A Redis error as one line."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def _reachable(url: str) -> bool:
     import redis
 
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping())
-    except (redis.RedisError, OSError):
+        with quick_client(url) as r:
+            return bool(r.ping())
+    except (redis.RedisError, OSError, ValueError):
         return False
 
 
@@ -70,17 +92,43 @@ class LocalRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def resolve_redis(explicit: str | None, settings: Settings) -> tuple[str, LocalRedis | None]:
-    """--redis-url, else REDIS_URL or the config file's (Settings.load), else 127.0.0.1:6379 if it answers,
-    else our own."""
-    if explicit:
-        return explicit, None
-    if settings.redis.url != DEFAULT_REDIS:
-        return settings.redis.url, None
+def given_redis(settings: Settings) -> bool:
+    """Whether the settings name a Redis (--redis-url, REDIS_URL or the config's redis.url), not the default."""
+    return "url" in settings.redis.model_fields_set
+
+
+def resolve_redis(settings: Settings) -> tuple[str, LocalRedis | None]:
+    """The Redis of `vbs up`: the one given (--redis-url, else REDIS_URL, else the config's redis.url: Settings.load),
+    which must answer; else 127.0.0.1:6379 if it answers; else a redis-server of our own."""
+    from actors.url_policy import redact
+
+    if given_redis(settings):
+        url = settings.redis.url
+        if not _reachable(url):
+            raise Unreachable(f"cannot reach Redis at {redact(url)} (given by --redis-url, REDIS_URL or the config's "
+                              "redis.url): start it, or name another")
+        return url, None
     if _reachable(DEFAULT_REDIS):
         return DEFAULT_REDIS, None
     local = LocalRedis()
     return local.url, local
+
+
+def config_path(args) -> Path | None:
+    """The config file every command reads: --config, else ops/config.toml."""
+    if getattr(args, "config", None):
+        return Path(args.config)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def actor_logs_quiet() -> None:
+    """Ray's worker_process_setup_hook for `vbs up`: actors and replicas log warnings and errors."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def actor_logs_all() -> None:
+    """The same for `vbs -v up`: everything from INFO up."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def run(args) -> int:
@@ -89,9 +137,9 @@ def run(args) -> int:
     from actors.graph import start_graph
     from actors.url_policy import redact
 
-    config = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    settings = Settings.load(config, model_dir=args.model)
-    url, local = resolve_redis(args.redis_url, settings)
+    config = config_path(args)
+    settings = Settings.load(config, model_dir=args.model, redis_url=args.redis_url)
+    url, local = resolve_redis(settings)
     settings.redis.url = url
     from videobert.checkpoint import ModelPaths
 
@@ -104,10 +152,12 @@ def run(args) -> int:
         from actors.cluster import model_on_every_node, runtime_env
 
         # joining a cluster: the code travels to every node as the job's working_dir; the dashboard (and with it
-        # `serve status`, `ray status` and the job's logs) is on either way
-        joined = dict(runtime_env=runtime_env(settings.minilm_dir)) if args.address else dict(num_cpus=args.num_cpus,
-                                                                            dashboard_host="127.0.0.1")
-        ctx = ray.init(address=args.address, namespace="vbs", include_dashboard=True, log_to_driver=args.verbose,
+        # `serve status`, `ray status` and the job's logs) is on either way. The actors' logs come to this terminal:
+        # their warnings and errors, or everything with -v (a setup hook sets each worker's log level)
+        hook = {"worker_process_setup_hook": f"ops.up.{'actor_logs_all' if args.verbose else 'actor_logs_quiet'}"}
+        joined = dict(runtime_env={**runtime_env(settings.minilm_dir), **hook}) if args.address else dict(
+            num_cpus=args.num_cpus, dashboard_host="127.0.0.1", runtime_env=hook)
+        ctx = ray.init(address=args.address, namespace="vbs", include_dashboard=True, log_to_driver=True,
                        configure_logging=False, **joined)
         if args.address:
             missing = [n for n, ok in model_on_every_node(settings.model_dir).items() if not ok]
@@ -118,8 +168,11 @@ def run(args) -> int:
         graph = start_graph(settings)
         keys = Keys(settings.redis.prefix)
         port = args.port or settings.api.port
-        start_service(settings, port)
+        start_service(settings, port, verbose=args.verbose)
         page = f"http://{settings.api.host}:{port}/"
+        run_file = runfile.write(redis_url=url, redis_shown=redact(url), redis_local=local is not None,
+                                 prefix=settings.redis.prefix, http=page.rstrip("/"),
+                                 config=str(Path(config).resolve()) if config else None)
         print(f"vbs up: streaming graph running ({len(graph.decoders)} decoder(s); model {settings.model_dir})", flush=True)
         print(f"  redis:   {redact(url)}{' (started for this session)' if local else ''}", flush=True)
         print(f"  ray:     {getattr(ctx, 'address_info', {}).get('address') or args.address or 'local'}"
@@ -134,6 +187,8 @@ def run(args) -> int:
             how = demo.push(redis_client(url), keys)
             print(f"  demo:    live stream 'demo' {how} ({demo.url}, looping {demo.video.name}); watch it at {page}",
                   flush=True)
+        print(f"  clients: vbs push / status / tags / stop in another terminal find this service (run file "
+              f"{run_file})", flush=True)
         print("  Ctrl-C stops; running streams resume on the next start", flush=True)
         if args.ready_file:
             Path(args.ready_file).write_text(url)
@@ -142,6 +197,7 @@ def run(args) -> int:
         print("vbs up: stopping", flush=True)
         return 0
     finally:
+        runfile.remove()
         if demo is not None:
             demo.stop()
         if ray.is_initialized():
@@ -164,14 +220,16 @@ def _http(address: str | None) -> str:
     return address if not address or "://" in address else f"http://{address}"
 
 
-def start_service(settings: Settings, port: int) -> None:
-    """Ray Serve on `port`: the ingress (API, metrics, live page) and the on-demand tagger."""
+def start_service(settings: Settings, port: int, verbose: bool = False) -> None:
+    """Ray Serve on `port`: the ingress (API, metrics, live page) and the on-demand tagger. Serve's own logs
+    (its controller, proxy and replicas) say warnings and errors; with `verbose` everything, requests too."""
     from ray import serve
 
     from deployments.app import build_app
 
-    serve.start(http_options={"host": settings.api.host, "port": port})
-    serve.run(build_app(settings), name="vbs", route_prefix="/", blocking=False)
+    logs = {"log_level": "INFO" if verbose else "WARNING", "enable_access_log": verbose}
+    serve.start(http_options={"host": settings.api.host, "port": port}, logging_config=logs)
+    serve.run(build_app(settings), name="vbs", route_prefix="/", blocking=False, logging_config=logs)
 
 
 class DemoStream:
@@ -220,14 +278,50 @@ class DemoStream:
 
 def settings_for(args) -> Settings:
     """The settings a client command reads: --config, else ops/config.toml (what `vbs up` reads)."""
-    return Settings.load(args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None),
-                         redis_url=args.redis_url)
+    return Settings.load(config_path(args), redis_url=getattr(args, "redis_url", None))
+
+
+def find_redis(args, settings: Settings) -> tuple[str, str]:
+    """The Redis of a client command and where it came from: --redis-url, else REDIS_URL or the config's
+    redis.url, else the run file of a running `vbs up`, else 127.0.0.1:6379."""
+    if getattr(args, "redis_url", None):
+        return settings.redis.url, "given by --redis-url"
+    if given_redis(settings):
+        return settings.redis.url, "given by REDIS_URL or the config's redis.url"
+    run = runfile.read_live()
+    if run is None:
+        return DEFAULT_REDIS, f"the default; no vbs up is running (no live run file in {runfile.state_dir_from()})"
+    if run.redis_url is None:
+        raise ValueError(f"the vbs up running as pid {run.pid} uses Redis at {run.redis_shown}, with a password its run "
+                         "file does not keep: give it with --redis-url or REDIS_URL")
+    if run.prefix != settings.redis.prefix:
+        log.warning("the vbs up running as pid %s uses the key prefix %r (config %s); this command reads %r: pass "
+                    "--config %s", run.pid, run.prefix, run.config, settings.redis.prefix, run.config or "FILE")
+    return run.redis_url, f"of the vbs up running as pid {run.pid}"
+
+
+def client_for(args):
+    """(Redis client, Keys, Settings) of a client command, Redis found by `find_redis` and checked to answer:
+    Unreachable at once if it does not."""
+    import redis
+
+    from actors.url_policy import redact
+
+    settings = settings_for(args)
+    url, source = find_redis(args, settings)
+    r = quick_client(url)
+    try:
+        r.ping()
+    except (redis.RedisError, OSError) as e:
+        raise Unreachable(f"cannot reach Redis at {redact(url)} ({source}): {why(e)}") from None
+    settings.redis.url = url
+    return r, Keys(settings.redis.prefix), settings
 
 
 def push(args) -> int:
     import json
 
-    settings = settings_for(args)
+    r, keys, settings = client_for(args)
     fields = {"url": args.url}
     if args.id:
         fields["stream_id"] = args.id
@@ -243,6 +337,9 @@ def push(args) -> int:
         control.admit(job, settings.url_policy)
     except control.Refused as e:
         raise ValueError(f"refused ({e.reason.value}): {e}") from None
-    done = control.submit(redis_client(settings.redis.url), Keys(settings.redis.prefix), job)
+    done = control.submit(r, keys, job)
     print(json.dumps({"entry": done.entry, "stream_id": done.stream_id}))
+    if not r.exists(keys.supervisor):
+        log.warning("no streaming graph is running under the prefix %r: the stream waits in %s until vbs up runs",
+                    keys.prefix, keys.ingest)
     return 0

@@ -48,6 +48,9 @@ class RedisSettings(_Strict):
     # an ended stream's state and tags expire this long after its end (its ingest entry, which holds the raw
     # URL, is deleted at the end itself)
     ended_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # entries kept in vbs:events, every stream's tag and status notifications (GET /v1/events resumes from it):
+    # at 50 streams tagging every 1.5 s, 100,000 is about 50 minutes a reconnecting page can catch up on
+    events_maxlen: int = Field(default=100_000, ge=100)
 
 
 class UrlPolicy(_Strict):
@@ -115,6 +118,10 @@ class DecoderSettings(_Pool):
     # earlier clips of the same stream given to the fusion model with each clip (the uploads of POST /v1/tag and
     # `vbs tag --context` use the same meaning); 0: each clip alone
     context_clips: int = Field(default=0, ge=0, le=8)
+    # the thumbnail of GET /v1/streams/{id}/snapshot.jpg: a clip's last frame, JPEG-encoded (at most once a second,
+    # only while someone asks for it), at most snapshot_width pixels wide, kept snapshot_ttl_s seconds
+    snapshot_width: int = Field(default=320, ge=16, le=1920)
+    snapshot_ttl_s: int = Field(default=30, ge=2)
 
 
 class AutoscalingSettings(_Strict):
@@ -220,6 +227,21 @@ class Settings(_Strict):
 def minilm_dir_from(env: dict[str, str] | None = None) -> str | None:
     """VBS_MINILM_DIR, for the commands that run without the service's settings."""
     return (os.environ if env is None else env).get(MINILM_ENV) or None
+
+
+STATE_DIR_ENV = "VBS_STATE_DIR"
+
+
+def state_dir_from(env: dict[str, str] | None = None) -> Path:
+    """Where `vbs up` leaves its run file (ops/runfile.py): VBS_STATE_DIR, else $XDG_STATE_HOME/vbs, else
+    ~/.local/state/vbs. A property of this machine's `vbs` processes: no actor or replica reads it."""
+    env = os.environ if env is None else env
+    if env.get(STATE_DIR_ENV):
+        return Path(env[STATE_DIR_ENV]).expanduser()
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]).expanduser() / "vbs"
+    home = env.get("HOME")
+    return (Path(home) if home else Path.home()) / ".local" / "state" / "vbs"
 
 
 def onednn_isa_cap(env: dict[str, str] | None = None) -> str | None:

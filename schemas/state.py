@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from schemas.streams import StreamStatus
 
 
+MAX_STREAM_SECONDS = 1e12  # stream time beyond this is no clip's (a tag's entry id is its t0 in milliseconds)
+
+
 class Ranked(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,11 +38,12 @@ class TagResult(BaseModel):
     subtitle: str
     embedding: list[float] | None = None  # the fused embedding, when asked for
     latency_s: float | None = None  # live sources: clip end (wall time it was on air) -> tag written
+    model: str | None = None  # the model that wrote it: "name@hash" (videobert.checkpoint.model_id)
 
-    _OPTIONAL: ClassVar[tuple[str, ...]] = ("embedding", "latency_s")
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ("embedding", "latency_s", "model")
 
     def to_dict(self) -> dict[str, Any]:
-        """As JSON objects carry it: `embedding` and `latency_s` only when set, `alignment` always."""
+        """As JSON objects carry it: `embedding`, `latency_s` and `model` only when set, `alignment` always."""
         return self.model_dump(exclude={k for k in self._OPTIONAL if getattr(self, k) is None})
 
     def to_json(self) -> str:

@@ -18,7 +18,7 @@ import pytest
 
 from bench.fakecluster import FakeCluster
 from bench.sources import free_port
-from tests.integration.conftest import Streams, graph_settings
+from tests.integration.conftest import Streams, graph_settings, write_config
 from tests.integration.test_up import interrupt
 
 pytestmark = pytest.mark.cluster
@@ -28,20 +28,8 @@ def test_vbs_up_joins_a_cluster_and_ships_its_code(trained_model, tmp_path):
     prefix = f"vbsjoin{uuid.uuid4().hex[:6]}"
     s = graph_settings(trained_model, trained_model, prefix)
     port = free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(f'''
-[redis]
-url = "{s.redis.url}"
-prefix = "{prefix}"
-[url_policy]
-media_root = "{trained_model}"
-allow_loopback = true
-[decoder]
-replicas = 1
-num_cpus = 0.5
-[api]
-port = {port}
-''')
+    config = write_config(tmp_path / "config.toml", prefix=prefix, media_root=trained_model, redis_url=s.redis.url,
+                          api={"port": port})
     ready = tmp_path / "ready"
     with FakeCluster({"CPU": 6}, {}) as head:
         p = subprocess.Popen([sys.executable, "-m", "ops.cli", "up", "--address", head.address, "--config", str(config),

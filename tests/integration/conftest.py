@@ -48,10 +48,42 @@ def graph_settings(model_dir: Path, media_root: Path, prefix: str) -> Settings:
     })
 
 
+def write_config(path: Path, *, prefix: str, media_root: Path, redis_url: str | None = REDIS_URL,
+                 **sections: dict) -> Path:
+    """The TOML config of a test that runs `vbs up`: its Redis (None: none named, so that the commands find it
+    another way), key prefix and media root (loopback allowed), one decoder, and `sections` on top, e.g.
+    supervisor={"lease_s": 4.0}. Checked by Settings.load as the service would read it."""
+    tables: dict[str, dict] = {"redis": {**({"url": redis_url} if redis_url else {}), "prefix": prefix},
+                               "url_policy": {"media_root": str(media_root), "allow_loopback": True},
+                               "decoder": {"replicas": 1, "num_cpus": 0.5}}
+    for name, fields in sections.items():
+        tables[name] = {**tables.get(name, {}), **fields}
+
+    def toml(v) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else json.dumps(v) if isinstance(v, str) else repr(v)
+
+    path.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {toml(v)}\n" for k, v in fields.items())
+                            for name, fields in tables.items()))
+    Settings.load(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def media(trained_model) -> Path:
     """The media root: the trained model's directory (its held-out videos are the file streams)."""
     return trained_model
+
+
+@pytest.fixture
+def keys():
+    """Keys under a prefix of this test's own on the shared Redis, every key of it deleted afterwards."""
+    from actors.keys import Keys, redis_client
+
+    k = Keys(f"vbsk{uuid.uuid4().hex[:8]}")
+    yield k
+    r = redis_client(REDIS_URL)
+    for key in r.scan_iter(f"{k.prefix}:*"):
+        r.delete(key)
 
 
 @pytest.fixture(scope="session")

@@ -158,9 +158,13 @@ def test_auth_on_and_off(service):
         assert service.get("/metrics", key=False).status_code == 401
         assert service.get("/healthz", key=False).status_code == 401
         assert service.get("/metrics").status_code == 200
+        spec = service.get("/openapi.json", key=False).json()["paths"]  # the document says what the keys guard
+        assert spec["/metrics"]["get"]["security"] and "401" in spec["/healthz"]["get"]["responses"]
         service.configure(keys=[])
         assert service.get("/v1/streams", key=False).status_code == 200
         assert service.get("/metrics", key=False).status_code == 200
+        spec = service.get("/openapi.json", key=False).json()["paths"]
+        assert "security" not in spec["/v1/streams"]["get"] and "401" not in spec["/v1/streams"]["get"]["responses"]
     finally:
         service.configure(keys=[API_KEY])
     assert service.get("/v1/streams", key=False).status_code == 401

@@ -6,24 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from actors import control
-from actors.keys import Keys, redis_client
+from actors.keys import redis_client
 from schemas.state import StreamState
 from schemas.streams import IngestJob, StreamStatus
 from tests.integration.conftest import REDIS_URL
-
-
-@pytest.fixture
-def keys():
-    k = Keys(f"vbsctl{uuid.uuid4().hex[:8]}")
-    yield k
-    r = redis_client(REDIS_URL)
-    for key in r.scan_iter(f"{k.prefix}:*"):
-        r.delete(key)
 
 
 def vbs(*args, prefix: str) -> subprocess.CompletedProcess:

@@ -1,5 +1,7 @@
-"""The live page in headless Chromium (Debian's chromium + chromedriver): it loads, shows a running stream,
-and shows a tag that arrived after the page loaded. Saves a screenshot."""
+"""The live page in headless Chromium (Debian's chromium + chromedriver): it loads, shows a running stream and a
+tag that arrived after the page loaded; with 50 live streams (one Python thread sends them all as MPEG-TS over
+UDP) every row updates over one feed, with its picture, and a failed stream shows its reason. Saves screenshots
+(VBS_SCREENSHOT / VBS_SCREENSHOT_50 name a copy)."""
 
 from __future__ import annotations
 
@@ -63,3 +65,182 @@ def test_the_page_shows_a_running_stream_and_a_tag_that_arrives_after_loading(se
             shutil.copy(shot, os.environ["VBS_SCREENSHOT"])
         assert shot.stat().st_size > 10_000
         service.delete("/v1/streams/page-live")
+
+
+# -- 50 live streams on one page ----------------------------------------------------------------------------
+def ts_datagrams(video, seconds: float, size: int = 128, every: int = 2) -> list[tuple[float, bytes]]:
+    """`video` as a live MPEG-TS broadcast `seconds` long: every `every`-th frame, size x size, H.264 with a keyframe
+    every second (encoded once, then looped by re-muxing its packets with later timestamps, so time runs on),
+    cut into 1316-byte datagrams, each with the media time it is due at."""
+    import io
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(video)) as c:
+        vs = c.streams.video[0]
+        rate = Fraction(vs.average_rate or 25) / every
+        frames = [f.reformat(width=size, height=size, format="yuv420p")
+                  for i, f in enumerate(c.decode(vs)) if i % every == 0]
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width = enc.height = size
+    enc.pix_fmt, enc.time_base, enc.framerate, enc.gop_size = "yuv420p", 1 / rate, rate, max(1, round(rate))
+    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "bframes": "0"}
+    packets = []
+    for i, f in enumerate(frames):
+        f.pts, f.time_base = i, enc.time_base
+        packets += [(p.pts, p.dts, p.is_keyframe, bytes(p)) for p in enc.encode(f)]
+    packets += [(p.pts, p.dts, p.is_keyframe, bytes(p)) for p in enc.encode(None)]
+    out = io.BytesIO()
+    marks = []  # (media time, bytes written by then)
+    with av.open(out, "w", format="mpegts") as mux:
+        st = mux.add_stream("h264", rate=rate)
+        st.width = st.height = size
+        st.pix_fmt, st.time_base = "yuv420p", enc.time_base
+        n, k = len(frames), 0
+        while k * n / rate < seconds:
+            for pts, dts, key, data in packets:
+                p = av.Packet(data)
+                p.pts, p.dts, p.time_base, p.stream = pts + k * n, dts + k * n, enc.time_base, st
+                p.is_keyframe = key
+                mux.mux(p)
+                marks.append((float((dts + k * n) * enc.time_base), out.tell()))
+            k += 1
+    data = out.getvalue()
+    grams, m = [], 0
+    for at in range(0, len(data), 1316):
+        end = min(at + 1316, len(data))
+        while m < len(marks) - 1 and marks[m][1] < end:
+            m += 1
+        grams.append((marks[m][0], data[at:end]))
+    return grams
+
+
+class TsFanout:
+    """Live MPEG-TS streams over UDP to many loopback ports, paced in real time by one Python thread: the cheapest
+    real live sources (50 ffmpeg senders would take a 2-core machine's CPU). Stream i plays broadcast i % len,
+    starting `stagger` * i seconds late."""
+
+    def __init__(self, broadcasts: list[list[tuple[float, bytes]]], ports: list[int], stagger: float = 0.05):
+        import threading
+
+        self.broadcasts, self.ports, self.stagger = broadcasts, ports, stagger
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._send, daemon=True, name="ts-fanout")
+        self.sent = 0
+
+    def _send(self) -> None:
+        import socket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        start = time.monotonic()
+        pos = [0] * len(self.ports)
+        while not self._stop.wait(0.01):
+            now = time.monotonic() - start
+            for i, port in enumerate(self.ports):
+                grams = self.broadcasts[i % len(self.broadcasts)]
+                t = now - i * self.stagger
+                while pos[i] < len(grams) and grams[pos[i]][0] <= t:
+                    try:
+                        sock.sendto(grams[pos[i]][1], ("127.0.0.1", port))
+                    except OSError:
+                        pass  # nobody listening yet (UDP): the receiver joins at the next keyframe
+                    pos[i] += 1
+                    self.sent += 1
+        sock.close()
+
+    def __enter__(self) -> "TsFanout":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+N_STREAMS = 50
+
+
+def test_the_page_follows_50_live_streams_with_pictures_on_one_feed(service, streams, browser, tmp_path):
+    """The page opened one EventSource per stream (browsers stall past about 6 connections per host), showed no
+    picture and no failure reason. Now: one feed, a thumbnail per row, the reason of a failed stream."""
+    import socket
+
+    from selenium.webdriver.common.by import By
+
+    from bench.sources import StatusServer, free_port
+
+    started = time.monotonic()
+    videos = sorted((__import__("pathlib").Path(service.settings.model_dir) / "data" / "heldout").glob("shapes_*.mp4"))
+    broadcasts = [ts_datagrams(v, seconds=240) for v in videos[:3]]
+    ports = [free_port(socket.SOCK_DGRAM) for _ in range(N_STREAMS)]
+    ids = [f"page50-{i:02d}" for i in range(N_STREAMS)]
+    with TsFanout(broadcasts, ports), StatusServer(404) as missing:
+        # given 50 live streams (a clip every 2 s each, so that two cores carry them) and one that fails
+        for sid, port in zip(ids, ports):
+            streams.push(f"udp://127.0.0.1:{port}", sid, options={"clip_rate": 0.5})
+        streams.push(missing, "page50-broken")
+        browser.set_window_size(1300, 4400)  # every row on screen: each asks for its picture
+        browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
+            window.__feeds = [];
+            const Native = window.EventSource;
+            window.EventSource = function (url, opts) { window.__feeds.push(String(url)); return new Native(url, opts); };
+            window.EventSource.CLOSED = Native.CLOSED;"""})  # counts the page's EventSources
+        browser.get(service.url(f"/?key={API_KEY}"))
+        assert "Live VideoBERT tags" in browser.page_source
+
+        def rows() -> dict:
+            return browser.execute_script("""
+                const out = {};
+                for (const r of document.querySelectorAll('tr[data-stream-id]')) {
+                  const img = r.querySelector('td.thumb img'), tag = r.querySelector('td.tag');
+                  out[r.dataset.streamId] = {status: r.dataset.status, t0: tag.dataset.t0 ?? null,
+                    words: tag.querySelector('b')?.textContent ?? '', pic: img.complete ? img.naturalWidth : 0,
+                    reason: r.querySelector('.reason').textContent, error: r.querySelector('.error').textContent,
+                    ticks: r.querySelectorAll('td.history .tick').length};
+                }
+                return out;""")
+
+        # then every row runs and shows a tag
+        first = wait_for(lambda: (x := rows()) and all(x.get(s, {}).get("status") == "running" and x[s]["t0"]
+                                                       for s in ids) and x, 150, "every stream running with a tag")
+        t_running = time.monotonic() - started
+        # and every row updates live: a newer tag on each, its picture loaded
+        later = wait_for(lambda: (x := rows()) and all(float(x[s]["t0"]) > float(first[s]["t0"]) and x[s]["pic"] > 0
+                                                       for s in ids) and x, 90, "every row updated, with its picture")
+        assert all(len(later[s]["words"].split()) == 2 and later[s]["ticks"] >= 2 for s in ids), later[ids[0]]
+        # and the failed stream shows why
+        broken = wait_for(lambda: (x := rows().get("page50-broken")) and x["status"] == "failed" and x, 30, "the failure")
+        assert broken["reason"] == "not_found" and broken["error"], broken
+        # over one feed: one EventSource for every stream, no per-stream feed
+        feeds = browser.execute_script("return window.__feeds")
+        assert len(feeds) == 1 and "/v1/events?access_token=" in feeds[0], feeds
+        # the model that tags them, in the header
+        model = service.get("/readyz").json().get("model")
+        if model and model.get("id"):
+            assert model["id"] in browser.find_element(By.ID, "model").text
+        # the filter shows the failed stream alone
+        browser.execute_script("const f = document.getElementById('filter'); f.value = 'failed';"
+                               "f.dispatchEvent(new Event('change'));")
+        shown = browser.execute_script("return [...document.querySelectorAll('tr[data-stream-id]')]"
+                                       ".filter(r => !r.hidden).map(r => r.dataset.streamId)")
+        assert "page50-broken" in shown and not set(shown) & set(ids), shown
+        browser.execute_script("const f = document.getElementById('filter'); f.value = '';"
+                               "f.dispatchEvent(new Event('change'));")
+        browser.set_window_size(1300, 1000)
+        shot = tmp_path / "live_page_50.png"
+        browser.save_screenshot(str(shot))
+        if os.environ.get("VBS_SCREENSHOT_50"):
+            shutil.copy(shot, os.environ["VBS_SCREENSHOT_50"])
+        assert shot.stat().st_size > 20_000
+        took = time.monotonic() - started
+        states = [streams.status(sid) for sid in ids]
+        lat = sorted(t["latency_s"] for sid in ids for _, t in streams.tags(sid) if t.get("latency_s") is not None)
+        print(f"\n{N_STREAMS} live streams on the page: all running with a tag after {t_running:.0f} s, the test took "
+              f"{took:.0f} s; {sum(int(h.get('clips_tagged', 0)) for h in states)} clips tagged, "
+              f"{sum(int(h.get('clips_dropped', 0)) for h in states)} dropped; tag latency p50 "
+              f"{lat[len(lat) // 2]:.2f} s, p95 {lat[int(len(lat) * 0.95)]:.2f} s")
+        for sid in ids:
+            streams.stop(sid)
+        for sid in ids:
+            streams.wait(sid, {"stopped", "failed", "finished"}, timeout=60)

@@ -72,7 +72,10 @@ def test_finishing_acks_the_job_and_dead_letters_a_failure(sink):
         sink.finish("c", token, StreamStatus.failed, entry=entry, reason=FailureReason.not_found, error="404",
                     url="udp://x")
         msg = ps.get_message(timeout=2)
-    assert json.loads(msg["data"]) == {"event": "status", "status": "failed"}
+    # the live status event carries its reason (it carried the status alone), and so does vbs:events
+    assert json.loads(msg["data"]) == {"event": "status", "status": "failed", "reason": "not_found", "error": "404"}
+    assert [f for _, f in sink.redis.xrange(sink.keys.events)][-1] == \
+        {"stream": "c", "status": "failed", "reason": "not_found", "error": "404"}
     assert sink.redis.xpending(sink.keys.ingest, sink.keys.group)["pending"] == 0
     (_, dead), = sink.redis.xrange(sink.keys.dead)
     assert dead["reason"] == "not_found" and dead["stream_id"] == "c"

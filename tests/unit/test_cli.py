@@ -10,7 +10,8 @@ from ops.cli import build_parser, main
 
 COMMANDS = [[], ["corpus"], ["corpus", "make"], ["corpus", "read"], ["train"], ["train", "encoder"],
             ["train", "vocab"], ["train", "demo"], ["train", "videobert"], ["tag"], ["finetune"], ["eval"],
-            ["eval", "encoder"], ["eval", "zero-shot"], ["eval", "words"]]
+            ["eval", "encoder"], ["eval", "zero-shot"], ["eval", "words"], ["up"], ["push"], ["status"], ["stop"],
+            ["tags"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "vbs")

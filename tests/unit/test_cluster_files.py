@@ -451,6 +451,18 @@ def test_dockerfile_apt_packages_are_setup_shs(setup_sh):
     assert want <= setup_sh("full")[0], "the service mode installs something the full set-up does not"
 
 
+def test_the_main_command_installs_only_what_the_service_needs(setup_sh):
+    # ops/demo.sh (the main command) sets up in the service mode; the test command's full set-up adds the tools
+    demo = (OPS / "demo.sh").read_text()
+    assert re.search(r"^VBS_SETUP=service bash ops/setup\.sh", demo, re.M), "ops/demo.sh must set up in service mode"
+    assert not re.search(r"^bash ops/setup\.sh", demo, re.M)
+    service_apt, service_pip = setup_sh("service")
+    full_apt, full_pip = setup_sh("full")
+    assert not service_apt & {"chromium", "chromium-driver", "prometheus"}, service_apt
+    assert not any("[test]" in t for t in service_pip), service_pip
+    assert {"chromium", "chromium-driver", "prometheus"} <= full_apt and any("[test]" in t for t in full_pip)
+
+
 def test_dockerfile_pip_installs_are_setup_shs(setup_sh):
     want = setup_sh(IMAGE_MODE)[1]
     have = _dockerfile_installs(setup_sh)[1]

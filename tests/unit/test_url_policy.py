@@ -215,3 +215,10 @@ def test_redact_leaves_clean_urls_and_paths_unchanged():
 @pytest.mark.parametrize("junk", ["http://[::1", "rtsp://u:hunter2@[zz/x", None, 42, b"rtsp://u:hunter2@h/"])
 def test_redact_never_raises(junk):
     assert redact(junk) == "<unparseable url>"
+
+
+def test_a_file_name_too_long_for_the_file_system_is_a_missing_file_not_an_error(tmp_path):
+    policy = UrlPolicy(media_root=str(tmp_path))
+    with pytest.raises(UrlRefused) as e:
+        check_url(str(tmp_path / ("x" * 4000)), policy)  # ENAMETOOLONG from the file system
+    assert e.value.code == "file_missing" and len(e.value.reason) < 300
