@@ -1,7 +1,7 @@
 """Training step time in float32 and in bf16 autocast, side by side: the video encoder (a batch of 96 clips,
-8 x 64 x 64, augmented, as `vbs train encoder` runs it) and VideoBERT (32 sequences of 36 tokens from
-MiniLM, as `vbs train videobert` runs it). The two precisions alternate round by round, so a busy machine
-slows both alike; the ratio is the figure to read. Writes JSON.
+8 x 64 x 64, augmented, through its heads and losses, as `vbs train encoder` runs it) and VideoBERT (32 masked
+sequences of narration and visual words, as `vbs train videobert` runs it). The two precisions alternate round
+by round, so a busy machine slows both alike; the ratio is the figure to read. Writes JSON.
 
     python -m bench.train_precision --out bench/results/train_precision.json [--rounds 5 --steps 5]"""
 
@@ -16,50 +16,27 @@ import torch
 
 from bench import write_result
 from videobert.device import pick_device
-from videobert.encoders import build_encoder
-from videobert.model import IGNORE, VideoBertConfig, VideoBertForPreTraining
-from videobert.precision import autocast, cpu_has_fast_bf16
-from videobert.train_encoder import augment
+from videobert.eta import CorpusRecipe, encoder_probe, videobert_probe
+from videobert.precision import cpu_has_fast_bf16
+from videobert.pretrain import PretrainConfig
+from videobert.train_encoder import EncoderTrainConfig
+
+
+def narration(videos: int = 20) -> list[str]:
+    """The narration lines of a quick corpus's first videos (planned, not rendered): what the batches pair."""
+    return sorted({n.text for p in CorpusRecipe(0, videos, 10, 30).plans() for n in p.narration})
 
 
 def encoder_step(device: torch.device, precision: str, clips: int = 96):
-    enc = build_encoder("conv3d-small").to(device).to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.AdamW(enc.parameters(), lr=1e-3, fused=True)
-    gen = torch.Generator().manual_seed(0)
-    batch = torch.randint(0, 256, (clips, 8, 64, 64, 3), dtype=torch.uint8, generator=gen)
-
-    def step() -> None:
-        with autocast(device, precision):
-            feats = enc(augment(batch, gen).to(device)).float()
-        loss = feats.pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    """The encoder's training step as `vbs train encoder` runs it (videobert.eta.encoder_probe)."""
+    step, _ = encoder_probe(EncoderTrainConfig(batch_size=clips), narration(), device, clips)
+    return lambda: step(precision)
 
 
 def videobert_step(device: torch.device, precision: str, sequences: int = 32):
-    cfg = VideoBertConfig(visual_vocab_size=144)
-    model = VideoBertForPreTraining.from_minilm(cfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 30000, (sequences, 36), generator=gen)
-    labels = torch.full_like(ids, IGNORE)
-    labels[:, 3:8] = ids[:, 3:8]
-    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": torch.ones_like(ids),
-             "mlm_labels": labels, "align_labels": torch.randint(0, 2, (sequences,), generator=gen)}
-    batch = {k: v.to(device) for k, v in batch.items()}
-
-    def step() -> None:
-        with autocast(device, precision):
-            out = model(**batch)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-    return step
+    """VideoBERT's training step as `vbs train videobert` runs it (videobert.eta.videobert_probe)."""
+    step, _ = videobert_probe(PretrainConfig(batch_size=sequences), 144, narration(), device, sequences)
+    return lambda: step(precision)
 
 
 def measure(make, device: torch.device, rounds: int, steps: int, size: int, warmup: int = 2) -> dict:

@@ -387,8 +387,9 @@ def cmd_tags(a: argparse.Namespace) -> int:
 
 def _precision_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="the forward pass in bf16 autocast or fp32; auto (default): bf16 on a GPU that has it and on a "
-                        "CPU with bf16 instructions (AMX or AVX512-BF16, where it is much faster), else fp32")
+                   help="the forward pass in bf16 autocast or fp32; auto (default): bf16 on a GPU that has it; on a CPU "
+                        "with bf16 instructions (AMX or AVX512-BF16) the first steps try both and the rest run in "
+                        "the faster; fp32 elsewhere")
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:

@@ -269,100 +269,104 @@ def measure_video(plans: tuple[VideoPlan, ...], enc: EncoderTrainConfig) -> tupl
     return render, read
 
 
-def measure_encoder(enc: EncoderTrainConfig, lines: list[str], device: torch.device, batch: int = 32
-                    ) -> tuple[float, float]:
-    """(seconds per training step of a full batch, seconds per clip in eval mode) of a throw-away encoder of the
-    recipe's architecture, heads, precision and optimiser, on random clips of its clip spec. Timed on `batch`
-    clips (at most the recipe's batch) and scaled to the recipe's: a step's time grows in proportion to its clips
-    (on a 2-core EPYC, 0.11 s at 32 clips and 0.35 s at 96), and a slow CPU then spends a third of the time."""
+def encoder_probe(enc: EncoderTrainConfig, lines: list[str], device: torch.device, batch: int):
+    """A throw-away encoder of the recipe's architecture, heads and optimiser on `batch` random clips of its clip
+    spec, paired with `lines` as a batch's bags pair them: (step(precision), embed()), a training step as
+    `vbs train encoder` runs it (videobert.train_encoder.encoder_step) and the clips through it in eval mode."""
     from videobert.encoders import ClipEmbedder, build_encoder
-    from videobert.precision import autocast, resolve
-    from videobert.train_encoder import augment, mil_nce_loss, mil_word_loss, narration_words, word_loss, word_targets
+    from videobert.train_encoder import augment, encoder_step, narration_words, word_targets
 
-    amp = resolve(enc.precision, device)
     gen = torch.Generator().manual_seed(0)
-    spec, b = enc.spec, min(batch, enc.batch_size)
+    spec = enc.spec
     vocab = narration_words(lines, enc.word_min_lines) if enc.word_weight > 0 else []
     slots = enc.slots if enc.slot_weight > 0 else {}
     model = ClipEmbedder(build_encoder(enc.arch, **enc.arch_config), 384, vocab, slots).to(device)
     model.encoder.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(model.parameters(), lr=enc.lr, weight_decay=enc.weight_decay, fused=True)
-    clips = torch.randint(0, 256, (b, spec.frames, spec.size, spec.size, 3), dtype=torch.uint8, generator=gen)
-    batch_lines = (lines * (1 + b // max(1, len(lines))))[: max(2, b * 3 // 2)]  # about what a batch's bags hold
+    clips = torch.randint(0, 256, (batch, spec.frames, spec.size, spec.size, 3), dtype=torch.uint8, generator=gen)
+    batch_lines = (lines * (1 + batch // max(1, len(lines))))[: max(2, batch * 3 // 2)]  # about what a batch's bags hold
     text = torch.nn.functional.normalize(torch.randn(len(batch_lines), 384, generator=gen), dim=-1).to(device)
-    positives = torch.zeros(b, len(batch_lines), dtype=torch.bool)
-    for r in range(b):
+    positives = torch.zeros(batch, len(batch_lines), dtype=torch.bool)
+    for r in range(batch):
         positives[r, torch.randint(len(batch_lines), (2,), generator=gen)] = True
     positives = positives.to(device)
-    targets = (positives.float() @ word_targets(batch_lines, vocab).to(device)).clamp_(max=1.0)  # (B, V)
-    model.train()
+    words = word_targets(batch_lines, vocab).to(device)
+    slot_words = {name: word_targets(batch_lines, w).to(device) for name, w in slots.items()}
 
-    def step() -> None:
-        x = augment(clips, gen).to(device)
-        with autocast(device, amp):
-            feats = model.encoder(x).float()
-        emb = model.embed_features(feats)
-        loss = enc.nce_weight * mil_nce_loss(emb, model.embed_text(text), positives, enc.temperature)
-        if model.word_head is not None:
-            loss = loss + enc.word_weight * word_loss(model.word_head(emb), targets)
-        for logits in model.slot_logits(feats).values():
-            hot = torch.zeros_like(logits)
-            hot[:, 0] = 1.0
-            loss = loss + enc.slot_weight * mil_word_loss(logits, hot, enc.slot_q)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step(precision: str) -> None:
+        model.train()
+        encoder_step(model, opt, augment(clips, gen).to(device), text, positives, words, slot_words, enc, device,
+                     precision)
 
-    train = _seconds_per_call(step, device) * enc.batch_size / b
-    clip = _seconds_per_call(lambda: model.embed_words(clips, device=device), device, calls=1) / b
+    def embed() -> None:
+        model.embed_words(clips, device=device)
+
+    return step, embed
+
+
+def measure_encoder(enc: EncoderTrainConfig, lines: list[str], device: torch.device, batch: int = 32
+                    ) -> tuple[float, float]:
+    """(seconds per training step of a full batch, seconds per clip in eval mode) of `encoder_probe` in the
+    recipe's precision. Timed on `batch` clips (at most the recipe's batch) and scaled to the recipe's: a step's
+    time grows in proportion to its clips (on a 2-core EPYC, 0.11 s at 32 clips and 0.35 s at 96), and a slow CPU
+    then spends a third of the time."""
+    from videobert.precision import resolve
+
+    amp = resolve(enc.precision, device)
+    b = min(batch, enc.batch_size)
+    step, embed = encoder_probe(enc, lines, device, b)
+    train = _seconds_per_call(lambda: step(amp), device) * enc.batch_size / b
+    clip = _seconds_per_call(embed, device, calls=1) / b
     return train, clip
 
 
-def measure_videobert(pre: PretrainConfig, visual_words: int, lines: list[str], device: torch.device,
-                      batch: int = 16) -> tuple[float, float]:
-    """(seconds per VideoBERT training step, seconds per sequence through a MiniLM-sized BERT forward only): a
-    throw-away VideoBERT of the recipe's size, precision and optimiser on `batch` narration lines (at most the
-    recipe's batch, the time scaled to it as in `measure_encoder`) paired with random visual words, masked as
-    pretraining masks them; then its BERT, forward only, on a batch of the lines as the sentence encoder reads
-    them (scaled to MiniLM's 6 layers)."""
+def videobert_probe(pre: PretrainConfig, visual_words: int, lines: list[str], device: torch.device, batch: int):
+    """A throw-away VideoBERT of the recipe's size and optimiser on `batch` of the narration `lines` paired with
+    random visual words, masked as pretraining masks them: (step(precision), model), a training step as `vbs train
+    videobert` runs it (videobert.pretrain.train_step), on a new batch each call."""
     from videobert.model import VideoBertConfig, VideoBertForPreTraining
-    from videobert.precision import autocast, resolve
+    from videobert.pretrain import train_step
     from videobert.sequences import SequenceBuilder, collate
     from videobert.text import load_tokenizer
 
-    amp = resolve(pre.precision, device)
     rng = np.random.default_rng(0)
     cfg = VideoBertConfig(visual_vocab_size=visual_words, num_layers=pre.num_layers)
-    tok = load_tokenizer()
-    builder = SequenceBuilder(tok, cfg, pre.max_text_tokens)
+    builder = SequenceBuilder(load_tokenizer(), cfg, pre.max_text_tokens)
     model = VideoBertForPreTraining(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=pre.lr, fused=True)
     ids = [builder.text_ids(t) for t in lines[:64]] or [[1000] * 8]
-    b = min(batch, pre.batch_size)
 
-    def batch() -> dict:
+    def make_batch() -> dict:
         out = []
-        for _ in range(b):
+        for _ in range(batch):
             words = rng.integers(visual_words, size=int(rng.integers(2, pre.max_video_tokens + 1))).tolist()
             seq, types = builder.build(ids[int(rng.integers(len(ids)))], words)
             out.append(builder.mask_example(seq, types, rng, pre.text_mask_prob, pre.video_mask_prob,
                                             align=int(rng.integers(2))))
         return collate(out, device)
 
-    model.train()
+    def step(precision: str) -> None:
+        model.train()
+        train_step(model, opt, make_batch(), device, precision)
 
-    def step() -> None:
-        inputs = batch()
-        with autocast(device, amp):
-            o = model(**inputs)
-        opt.zero_grad(set_to_none=True)
-        o.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+    return step, model
 
-    train = _seconds_per_call(step, device) * pre.batch_size / b
+
+def measure_videobert(pre: PretrainConfig, visual_words: int, lines: list[str], device: torch.device,
+                      batch: int = 16) -> tuple[float, float]:
+    """(seconds per VideoBERT training step, seconds per sequence through a MiniLM-sized BERT forward only):
+    `videobert_probe` in the recipe's precision on `batch` sequences (at most the recipe's batch, the time scaled
+    to it as in `measure_encoder`); then its BERT, forward only, on a batch of the lines as the sentence encoder
+    reads them (scaled to MiniLM's 6 layers)."""
+    from videobert.precision import resolve
+    from videobert.text import load_tokenizer
+
+    amp = resolve(pre.precision, device)
+    b = min(batch, pre.batch_size)
+    step, model = videobert_probe(pre, visual_words, lines, device, b)
+    train = _seconds_per_call(lambda: step(amp), device) * pre.batch_size / b
     chunk = (lines * (1 + 32 // max(1, len(lines))))[:32] or ["grow the red circle"]
-    enc = tok(chunk, padding=True, truncation=True, max_length=64, return_tensors="pt").to(device)
+    enc = load_tokenizer()(chunk, padding=True, truncation=True, max_length=64, return_tensors="pt").to(device)
     types = torch.zeros_like(enc["input_ids"])
     model.eval()
     with torch.no_grad():

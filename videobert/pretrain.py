@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from videobert.clipset import ClipSet, load_clipset
 from videobert.model import IGNORE, VideoBertConfig, VideoBertForPreTraining
-from videobert.precision import autocast, resolve as resolve_precision
+from videobert.precision import PrecisionTrial, autocast
 from videobert.sequences import Example, SequenceBuilder, collate
 from videobert.device import pick_device
 from videobert.text import MAX_TEXT_TOKENS, load_tokenizer
@@ -108,12 +108,28 @@ def sample_example(corpus: Corpus, builder: SequenceBuilder, cfg: PretrainConfig
     return builder.mask_example(ids, types, rng, text_p, video_p, align=1 if "align" in cfg.objectives else -1)
 
 
+def train_step(model: VideoBertForPreTraining, opt: torch.optim.Optimizer, batch: dict, device: torch.device,
+               precision: str):
+    """One VideoBERT training step on a collated batch (the scheduler is the caller's): the forward pass in
+    `precision` (the model casts its logits to float32 before the losses), gradients clipped to norm 1. Returns
+    the model's output, or None when the batch had nothing to learn from (no loss) and nothing changed."""
+    with autocast(device, precision):
+        o = model(**batch)
+    if o.loss is None:
+        return None
+    opt.zero_grad(set_to_none=True)
+    o.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return o
+
+
 def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, out: str | Path,
              cfg: PretrainConfig = PretrainConfig(), device: str | torch.device | None = None, workers: int = 1,
              progress: bool = True, restart: bool = False, init: str = "minilm") -> dict:
     """Pretrain on every video under `data`. Resumes from `out` when it holds an unfinished run."""
     device = pick_device(device)
-    amp = resolve_precision(cfg.precision, device)  # a bad setting fails here, before reading videos
+    trial = PrecisionTrial(cfg.precision, device, "pretrain videobert")  # a bad setting fails here, before reading videos
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -125,7 +141,7 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
     step_pairs = [(t, corpus.words[vi][clips].tolist()) for t, vi, clips in corpus.pairs]
     builder.fit_grounding(step_pairs, floor=cfg.grounding_floor)
     log.info("pretraining on %d videos, %d clips, %d narration lines, %s", len(corpus.words), len(cs), len(corpus.pairs),
-             amp)
+             trial.chosen or "bf16 or float32, whichever this CPU runs faster")
 
     model = (VideoBertForPreTraining.from_minilm(mcfg, seed=cfg.seed) if init == "minilm"
              else VideoBertForPreTraining(mcfg)).to(device)
@@ -169,15 +185,12 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
     window: dict[str, list[float]] = {}
     while step < cfg.steps:
         batch = collate([sample_example(corpus, builder, cfg, rng) for _ in range(cfg.batch_size)], device)
-        with autocast(device, amp):  # the model casts its logits to float32 before the losses
-            o = model(**batch)
-        if o.loss is None:
+        t = time.perf_counter()
+        o = train_step(model, opt, batch, device, trial.current())
+        if o is None:
             continue
-        opt.zero_grad(set_to_none=True)
-        o.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
         sched.step()
+        trial.record(time.perf_counter() - t)
         step += 1
         for name in ("text_mlm_loss", "video_mlm_loss", "align_loss"):
             v = getattr(o, name)
@@ -191,6 +204,6 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
     bar.close()
     summary = {"steps": step, "seconds_this_run": round(time.perf_counter() - start, 1), "history": history,
                "videos": len(corpus.words), "pairs": len(corpus.pairs), "device": str(device),
-               "precision": amp}
+               **trial.summary()}
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

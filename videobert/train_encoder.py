@@ -42,7 +42,7 @@ from tqdm import tqdm
 from videobert.clipset import BAG_CONTEXT_S, ClipSet, load_clipset
 from videobert.device import pick_device
 from videobert.encoders import ClipEmbedder, build_encoder, check_arch, save_embedder
-from videobert.precision import autocast, resolve as resolve_precision
+from videobert.precision import PrecisionTrial, autocast
 from videobert.reader import ClipSpec
 from videobert.text import SentenceEncoder
 from videobert.world import NOUNS, VERBS
@@ -199,6 +199,32 @@ def check_config(config: EncoderTrainConfig) -> None:
         raise ValueError(f"slot_q must be between 0 and 1, not {config.slot_q}")
 
 
+def encoder_step(model: ClipEmbedder, opt: torch.optim.Optimizer, clips: torch.Tensor, text: torch.Tensor,
+                 positives: torch.Tensor, words: torch.Tensor, slot_words: dict[str, torch.Tensor],
+                 config: EncoderTrainConfig, device: torch.device, precision: str,
+                 idf: torch.Tensor | None = None) -> torch.Tensor:
+    """One training step of the video encoder and its heads (the scheduler is the caller's): `clips` (B, T, H, W,
+    3) uint8, augmented, on `device`; `text` (M, 384) the embeddings of the narration lines of the batch's bags;
+    `positives` (B, M) which of them each clip's bag holds; `words` (M, V) the spoken words of each line and
+    `slot_words` {slot: (M, W)} its slot words (videobert.train_encoder.word_targets). The forward pass's
+    convolutions run in `precision`; the heads and losses in float32. Returns the loss."""
+    with autocast(device, precision):
+        feats = model.encoder(clips).float()
+    emb = model.embed_features(feats)
+    loss = config.nce_weight * mil_nce_loss(emb, model.embed_text(text), positives, config.temperature)
+    if model.word_head is not None:
+        targets = (positives.float() @ words).clamp_(max=1.0)  # (B, V)
+        loss = loss + config.word_weight * word_loss(model.word_head(emb), targets, idf)
+    for name, logits in model.slot_logits(feats).items():
+        targets = (positives.float() @ slot_words[name]).clamp_(max=1.0)  # (B, len(words))
+        slot = mil_word_loss(logits, targets, config.slot_q) if config.slot_loss == "mil" else word_loss(logits, targets)
+        loss = loss + config.slot_weight * slot
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig = EncoderTrainConfig(),
                   device: str | torch.device | None = None, workers: int = 1, progress: bool = True,
                   clipset: ClipSet | None = None) -> dict:
@@ -206,7 +232,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     check_arch(config.arch, config.arch_config)  # before minutes of reading videos
     check_config(config)
     device = pick_device(device)
-    amp = resolve_precision(config.precision, device)  # a bad setting fails here, before reading videos
+    trial = PrecisionTrial(config.precision, device, "train encoder")  # a bad setting fails here, before reading videos
     out = Path(out)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -221,7 +247,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     text_emb = SentenceEncoder(device).encode(lines, progress=progress).to(device)  # (L, 384)
     bags = [[line_id[t] for t in clip_bags[i]] for i in range(len(cs))]
     log.info("training on %d clips with narration nearby (%d distinct lines) of %d clips, %s", len(usable), len(lines),
-             len(cs), amp)
+             len(cs), trial.chosen or "bf16 or float32, whichever this CPU runs faster")
 
     vocab = narration_words(lines, config.word_min_lines) if config.word_weight > 0 else []
     slots = config.slots if config.slot_weight > 0 else {}
@@ -258,25 +284,13 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
             for r, i in enumerate(idx):
                 positives[r, [col[k] for k in bags[i]]] = True
             positives = positives.to(device)
-            clips = augment(frames[idx], gen).to(device)
-            with autocast(device, amp):  # the convolutions; heads and losses stay float32
-                feats = model.encoder(clips).float()
-            emb = model.embed_features(feats)
-            loss = config.nce_weight * mil_nce_loss(emb, model.embed_text(text_emb[batch_lines]), positives,
-                                                    config.temperature)
-            if model.word_head is not None:
-                targets = (positives.float() @ line_words[batch_lines]).clamp_(max=1.0)  # (B, V)
-                loss = loss + config.word_weight * word_loss(model.word_head(emb), targets, idf)
-            for name, logits in model.slot_logits(feats).items():
-                targets = (positives.float() @ line_slots[name][batch_lines]).clamp_(max=1.0)  # (B, len(words))
-                slot = (mil_word_loss(logits, targets, config.slot_q) if config.slot_loss == "mil"
-                        else word_loss(logits, targets))
-                loss = loss + config.slot_weight * slot
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            t = time.perf_counter()
+            loss = encoder_step(model, opt, augment(frames[idx], gen).to(device), text_emb[batch_lines], positives,
+                                line_words[batch_lines], {n: w[batch_lines] for n, w in line_slots.items()}, config,
+                                device, trial.current(), idf)
             sched.step()
             losses.append(loss.item())
+            trial.record(time.perf_counter() - t)
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.3f}")
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses))})
@@ -286,6 +300,6 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     bar.close()
     summary = {"clips": int(len(usable)), "lines": len(lines), "epochs": config.epochs, "spoken_words": len(vocab),
                "final_loss": history[-1]["loss"], "seconds": round(time.perf_counter() - start, 1),
-               "device": str(device), "precision": amp}
+               "device": str(device), **trial.summary()}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -76,3 +76,64 @@ def test_auto_is_fp32_when_onednn_is_held_below_bf16(monkeypatch):
         assert uncapped == precision.cpu_has_fast_bf16(), "a cap at or above bf16 leaves the hardware to decide"
     finally:
         precision.cpu_has_fast_bf16.cache_clear()
+
+
+def run_trial(trial, seconds: dict[str, float], steps: int) -> list[str]:
+    """`steps` steps of a trial, each taking `seconds[its precision]`; the precisions they ran in."""
+    ran = []
+    for _ in range(steps):
+        ran.append(trial.current())
+        trial.record(seconds[ran[-1]])
+    return ran
+
+
+@pytest.mark.parametrize("bf16, fp32, kept", [(0.5, 1.0, "bf16"),  # bf16 pays (an AMD EPYC with AVX512-BF16)
+                                              (1.1, 1.0, "bf16"),  # close: within the margin, the flag decides
+                                              (1.48, 1.0, "fp32")])  # VideoBERT on a Xeon without AMX
+def test_auto_on_a_bf16_cpu_measures_its_first_steps_and_keeps_the_faster(monkeypatch, bf16, fp32, kept):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    trial = precision.PrecisionTrial("auto", "cpu", warmup=2, timed=6)
+    ran = run_trial(trial, {"bf16": bf16, "fp32": fp32}, 12)
+    assert ran[:8] == ["bf16", "fp32"] * 4  # warm-up and timed steps alternate
+    assert ran[8:] == [kept] * 4 and trial.chosen == kept
+    assert trial.summary() == {"precision": kept, "precision_trial": {"bf16": bf16, "fp32": fp32}}
+
+
+def test_the_trial_ignores_its_warm_up_steps(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    trial = precision.PrecisionTrial("auto", "cpu", warmup=2, timed=4)
+    for s in (30.0, 0.9, 0.5, 1.0, 0.5, 1.0):  # bf16's first call took 30 s (kernels picked, memory allocated)
+        trial.record(s)
+    assert trial.chosen == "bf16" and trial.times == {"bf16": [0.5, 0.5], "fp32": [1.0, 1.0]}
+
+
+@pytest.mark.parametrize("asked, fast_bf16, fixed", [("fp32", True, "fp32"), ("bf16", True, "bf16"),
+                                                      ("auto", False, "fp32"), ("bf16", False, "bf16")])
+def test_a_precision_that_needs_no_measuring_is_fixed_from_the_first_step(monkeypatch, asked, fast_bf16, fixed):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast_bf16)
+    trial = precision.PrecisionTrial(asked, "cpu")
+    assert run_trial(trial, {"bf16": 9.0, "fp32": 1.0}, 10) == [fixed] * 10
+    assert trial.summary() == {"precision": fixed}
+
+
+def test_the_trainers_run_auto_through_the_trial_and_record_it(monkeypatch, tiny_corpus, tmp_path):
+    """On a CPU taken to have fast bf16 (emulated where it has not: slow, but these steps are tiny) a trainer
+    asked for auto runs its first steps in both precisions and its summary says which it kept, and why."""
+    import json
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    cfg = EncoderTrainConfig(arch_config={"width": 4, "feature_dim": 32, "motion": True}, epochs=6, batch_size=16,
+                             word_min_lines=2, precision="auto")
+    summary = train_encoder(tiny_corpus, tmp_path / "enc", cfg, device="cpu", progress=False)
+    assert summary["precision"] in ("bf16", "fp32") and set(summary["precision_trial"]) == {"bf16", "fp32"}
+    assert json.loads((tmp_path / "enc" / "train_summary.json").read_text())["precision_trial"] == summary["precision_trial"]
+
+
+def test_a_run_too_short_to_finish_its_trial_says_its_steps_were_mixed(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    trial = precision.PrecisionTrial("auto", "cpu", warmup=2, timed=6)
+    assert trial.summary() == {"precision": "bf16"}  # nothing ran yet: the first step would be bf16
+    run_trial(trial, {"bf16": 1.0, "fp32": 1.0}, 1)
+    assert trial.summary() == {"precision": "bf16"}
+    run_trial(trial, {"bf16": 1.0, "fp32": 2.0}, 3)
+    assert trial.summary() == {"precision": "mixed", "precision_trial": {"bf16": 1.0, "fp32": 2.0}}
