@@ -27,7 +27,8 @@ from actors.url_policy import UrlRefused, addresses, check_url, pinned, redact, 
 from schemas.config import DecoderSettings, UrlPolicy
 from schemas.streams import FailureReason
 from videobert import subtitles
-from videobert.reader import ClipCutter, ClipSpec, DecodeCounts, FrameTooLarge, demux, media_offset, text_stream
+from videobert.reader import (ClipCutter, ClipSpec, DecodeCounts, DecodeOptions, FrameTooLarge, demux, media_offset,
+                              text_stream)
 from videobert.subtitles import Cue
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ class StreamClip:
     frames: np.ndarray  # (T, H, W, 3) uint8
     text: str
     end_wall: float | None  # live: wall time the clip's last moment was on air (for latency); None for files
+
+
+def decode_options(settings: DecoderSettings) -> DecodeOptions:
+    """How the decoder's settings have FFmpeg decode each stream."""
+    return DecodeOptions(settings.skip_loop_filter, settings.skip_frame, settings.thread_type, settings.thread_count)
 
 
 def open_options(url: str, settings: DecoderSettings) -> dict[str, str]:
@@ -227,7 +233,7 @@ class SourceReader:
         container = self._open()
         with container:
             vs = container.streams.video[0]
-            vs.thread_type = "AUTO"
+            decode_options(self.settings).apply(vs, self.spec)
             offset = media_offset(vs)
             rate = float(vs.average_rate or 25)
             if not self.live and self.resume_after is not None and self.resume_after > 0:

@@ -8,7 +8,9 @@ Each step of the ladder: N looping live MPEG-TS streams over UDP on loopback (ff
 % CPU for all of them), pushed onto the ingest stream of a fresh graph; after a warm-up, tags are counted
 for `--seconds`. A step is *real time* when every stream delivered all its clips
 (seconds / 1.5 each, less one for the phase of the window), no clip was dropped, and p95 latency <= --p95-limit. Decode-only runs the same
-decoders with a pipeline that skips the models."""
+decoders with a pipeline that skips the models. Beside them, in the same run: raw PyAV decoding of the same
+source with the config's decode options, `--raw-concurrency` copies at once, no graph (bench.decode_options):
+`raw_decode_fps` and `raw_decode_streams`, the ceiling the graph's decode-only figure is held against."""
 
 from __future__ import annotations
 
@@ -21,11 +23,14 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from actors.source import decode_options
 from bench import write_result
+from bench.decode_options import raw_decode_fps, source_fps
 
 log = logging.getLogger("bench.streams")
 
@@ -150,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="decode,pipeline")
     p.add_argument("--config", default=None, help="TOML config (default: ops/config.toml)")
     p.add_argument("--redis-url", default=None)
+    p.add_argument("--raw-concurrency", type=int, default=16, help="streams decoded at once for the raw figure")
+    p.add_argument("--raw-seconds", type=float, default=10.0, help="seconds of raw decoding (default 10)")
     p.add_argument("--out", default="bench/results/streams.json")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -166,6 +173,11 @@ def main(argv=None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             source = make_source(Path(settings.model_dir), Path(tmp))
+            results["raw_decode_fps"] = round(raw_decode_fps(source, decode_options(settings.decoder), a.raw_concurrency,
+                                                             a.raw_seconds), 1)
+            results["raw_decode_streams"] = int(results["raw_decode_fps"] // source_fps(source))
+            results["decode_options"] = asdict(decode_options(settings.decoder))
+            print(json.dumps({k: results[k] for k in ("raw_decode_fps", "raw_decode_streams")}), flush=True)
             for mode in a.modes.split(","):
                 for n in ladder:
                     step = run_step(n, mode, source, settings, a.seconds, a.warmup)
@@ -183,6 +195,8 @@ def main(argv=None) -> int:
         results[f"{mode}_streams"] = max(good) if good else 0
     if results.get("decode_streams"):
         results["pipeline_over_decode"] = round(results["pipeline_streams"] / results["decode_streams"], 3)
+    if results.get("raw_decode_streams") and "decode_streams" in results:
+        results["decode_over_raw"] = round(results["decode_streams"] / results["raw_decode_streams"], 3)
     write_result(a.out, results)
     print(json.dumps({k: v for k, v in results.items() if k != "steps"}))
     return 0

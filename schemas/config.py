@@ -122,6 +122,12 @@ class DecoderSettings(_Pool):
     # only while someone asks for it), at most snapshot_width pixels wide, kept snapshot_ttl_s seconds
     snapshot_width: int = Field(default=320, ge=16, le=1920)
     snapshot_ttl_s: int = Field(default=30, ge=2)
+    # how FFmpeg decodes each stream: only what the clips need (videobert.reader.DecodeOptions says what each does;
+    # `python -m bench.decode_options` measures them side by side, speed and tags)
+    skip_loop_filter: Literal["none", "nonref", "all"] = "none"
+    skip_frame: Literal["none", "nonref", "auto"] = "none"
+    thread_type: Literal["auto", "frame", "slice", "none"] = "auto"
+    thread_count: int = Field(default=0, ge=0, le=64)  # threads per stream; 0: FFmpeg picks (a core each, and one)
 
 
 class AutoscalingSettings(_Strict):

@@ -222,13 +222,14 @@ def segment_windows(t0: float, t1: float, seconds: float = 1.5) -> list[tuple[fl
     return [(t0 + k * step, t0 + k * step + seconds) for k in range(n)]
 
 
-def _segment_words_of(visual: VisualTokenizer, path: Path, truth: GroundTruth) -> dict[int, list[int]]:
-    """Visual words of the windows that tile each ground-truth segment of one video: {segment index: words}."""
-    from videobert.reader import read_video
+def _segment_words_of(visual: VisualTokenizer, path: Path, truth: GroundTruth, decode=None) -> dict[int, list[int]]:
+    """Visual words of the windows that tile each ground-truth segment of one video: {segment index: words}
+    (`decode`: videobert.reader.DecodeOptions, FFmpeg's defaults when None)."""
+    from videobert.reader import DecodeOptions, read_video
 
     windows = sorted((w, si) for si, seg in enumerate(truth.segments)
                      for w in segment_windows(seg.t0, seg.t1, visual.spec.seconds))
-    v = read_video(path, visual.spec, windows=[w for w, _ in windows], with_text=False)
+    v = read_video(path, visual.spec, windows=[w for w, _ in windows], with_text=False, decode=decode or DecodeOptions())
     if not v.clips:
         return {}
     words = visual.tokens(np.stack([c.frames for c in v.clips])).tolist()
@@ -250,8 +251,9 @@ class LabelledVideos:
         return [(truth.segments[si], ws) for truth, by_seg in self.videos for si, ws in sorted(by_seg.items())]
 
 
-def read_labelled(visual: VisualTokenizer, data: str | Path, progress: bool = True) -> LabelledVideos:
-    """Every video under `data` with a sidecar .json; unreadable ones are recorded in `failures`."""
+def read_labelled(visual: VisualTokenizer, data: str | Path, progress: bool = True, decode=None) -> LabelledVideos:
+    """Every video under `data` with a sidecar .json (decoded with `decode`, videobert.reader.DecodeOptions:
+    FFmpeg's defaults when None); unreadable ones are recorded in `failures`."""
     from tqdm import tqdm
 
     from videobert.reader import VideoReadError, list_videos, load_truth
@@ -262,7 +264,7 @@ def read_labelled(visual: VisualTokenizer, data: str | Path, progress: bool = Tr
         if truth is None:
             continue
         try:
-            out.videos.append((truth, _segment_words_of(visual, path, truth)))
+            out.videos.append((truth, _segment_words_of(visual, path, truth, decode)))
         except VideoReadError as e:
             out.failures.append(str(e))
     return out

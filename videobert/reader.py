@@ -87,6 +87,59 @@ class ClipSpec:
         return t0 + (np.arange(self.frames) + 0.5) * (t1 - t0) / self.frames
 
 
+LOOP_FILTER_SKIPS = ("none", "nonref", "all")
+FRAME_SKIPS = ("none", "nonref", "auto")
+THREAD_TYPES = ("auto", "frame", "slice", "none")
+NONREF_MIN_FRAMES_PER_SAMPLE = 4  # "auto" skips unreferenced frames only where a sample has this many frames
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How FFmpeg decodes a video stream: only what the clips need. A clip samples a few frames a second at
+    64 pixels, so most of what a decoder does for a full-quality picture is work nothing sees.
+
+    `skip_loop_filter`: H.264/HEVC's deblocking filter skipped on no frame ("none"), on frames no other frame
+    refers to ("nonref") or on all ("all"); the blockiness it leaves is averaged away by the resize to clip size.
+    `skip_frame`: "nonref" does not decode frames no other frame refers to (B-frames, mostly: about half of an
+    x264 stream's); "auto" does so only where the stream has at least NONREF_MIN_FRAMES_PER_SAMPLE frames per
+    clip sample (25 fps against 8 samples in 1.5 s: 4.7), so that a sample still finds a frame within a few
+    frames of its time; "none" decodes every frame. A stream without such frames loses nothing either way.
+    `thread_type` / `thread_count`: FFmpeg's threading per stream (count 0: FFmpeg picks, a thread per core and
+    one more). A decoder that carries dozens of streams on two cores is better off with one thread each.
+    Measured side by side: `python -m bench.decode_options`."""
+
+    skip_loop_filter: str = "none"
+    skip_frame: str = "none"
+    thread_type: str = "auto"
+    thread_count: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("skip_loop_filter", self.skip_loop_filter, LOOP_FILTER_SKIPS),
+                                     ("skip_frame", self.skip_frame, FRAME_SKIPS),
+                                     ("thread_type", self.thread_type, THREAD_TYPES)):
+            if value not in allowed:
+                raise ValueError(f"decode option {name} must be one of {', '.join(allowed)}, not {value!r}")
+        if not 0 <= self.thread_count <= 64:
+            raise ValueError(f"decode option thread_count must be 0 (FFmpeg picks) to 64, not {self.thread_count}")
+
+    def skips_nonref(self, fps: float, spec: ClipSpec) -> bool:
+        """Whether a stream of `fps` frames a second read into `spec`'s clips skips unreferenced frames."""
+        if self.skip_frame == "auto":
+            return fps >= NONREF_MIN_FRAMES_PER_SAMPLE * spec.fps
+        return self.skip_frame == "nonref"
+
+    def apply(self, vs, spec: ClipSpec) -> None:
+        """Set the options on a PyAV video stream before its first packet is decoded."""
+        cc = vs.codec_context
+        vs.thread_type = self.thread_type.upper()
+        if self.thread_count:
+            cc.thread_count = self.thread_count
+        if self.skips_nonref(float(vs.average_rate or 25), spec):
+            cc.skip_frame = "NONREF"
+        if self.skip_loop_filter != "none":
+            cc.options = {**cc.options, "skip_loop_filter": self.skip_loop_filter}
+
+
 @dataclass(frozen=True)
 class Clip:
     index: int
@@ -267,7 +320,7 @@ def load_truth(video: str | Path) -> GroundTruth | None:
 def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
                windows: list[tuple[float, float]] | None = None, with_text: bool = True,
                stride: float | None = None, max_pixels: int = MAX_FRAME_PIXELS,
-               max_seconds: float | None = None) -> VideoClips:
+               max_seconds: float | None = None, decode: DecodeOptions = DecodeOptions()) -> VideoClips:
     """Decode one video into clips: the given windows, or windows of spec.seconds every `stride` seconds
     (default: back to back). With `max_seconds`, a longer video is refused (VideoTooLong) from its declared
     duration, or as soon as a frame past it is decoded, never after decoding all of it."""
@@ -286,7 +339,7 @@ def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
             raise VideoReadError(path, f"frame too large: {width}x{height}")
         if max_seconds is not None and container.duration is not None and container.duration / 1e6 > max_seconds + 1:
             raise VideoTooLong(path, f"lasts {container.duration / 1e6:.1f} s, longer than {max_seconds:.0f} s")
-        vs.thread_type = "AUTO"
+        decode.apply(vs, spec)
         rate = float(vs.average_rate or 25)
         cutter = ClipCutter(spec, windows, stride)
         raw: list[tuple[int, float, float, np.ndarray]] = []
