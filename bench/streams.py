@@ -63,6 +63,31 @@ def make_source(model: Path, out: Path, seconds: int = 30) -> Path:
     return target
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used so far (Linux /proc)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def started_counts(r, keys, n: int, timeout: float) -> dict[str, int]:
+    """Each stream's clips tagged so far, once every stream has its first tag (or after `timeout` seconds: a stream
+    still without a state counts from 0, and falls short)."""
+    from actors import control
+
+    deadline = time.time() + timeout
+    while True:
+        states = {f"b{i}": control.state(r, keys, f"b{i}") for i in range(n)}
+        if all(st is not None and st.clips_tagged > 0 for st in states.values()) or time.time() >= deadline:
+            return {sid: st.clips_tagged if st is not None else 0 for sid, st in states.items()}
+        time.sleep(0.5)
+
+
 def run_step(n: int, mode: str, source: Path, settings, seconds: float, warmup: float) -> dict:
     import ray
 
@@ -99,10 +124,11 @@ def run_step(n: int, mode: str, source: Path, settings, seconds: float, warmup: 
             for i, snd in enumerate(senders):
                 control.submit(r, keys, IngestJob(url=snd.url, stream_id=f"b{i}"))
             time.sleep(warmup)
-            start = {f"b{i}": control.state(r, keys, f"b{i}").clips_tagged for i in range(n)}
-            t_start = time.time()
+            start = started_counts(r, keys, n, timeout=60.0)
+            pids = [snd.proc.pid for snd in senders]
+            t_start, cpu_start = time.time(), cpu_seconds(pids)
             time.sleep(seconds)
-            t_end = time.time()
+            t_end, sender_cpu = time.time(), cpu_seconds(pids) - cpu_start
             stats = {}
             lat, per_stream, dropped, lagging = [], [], 0, {}
             for i in range(n):
@@ -132,6 +158,8 @@ def run_step(n: int, mode: str, source: Path, settings, seconds: float, warmup: 
                   "clips_min_per_stream": min(per_stream), "clips_mean_per_stream": round(float(np.mean(per_stream)), 2),
                   "dropped": dropped, "latency_p50_s": round(float(np.nanpercentile(lat_a, 50)), 3),
                   "latency_p95_s": round(float(np.nanpercentile(lat_a, 95)), 3), "latency_n": len(lat),
+                  # the bench's own ffmpeg senders take part of the machine: the graph had the rest
+                  "sender_cpu_cores": round(sender_cpu / (t_end - t_start), 2),
                   "short_streams": lagging}
         if stats:
             result["batch_mean"] = {k: stats[k][0]["mean_batch"] for k in ("video_encoder", "fusion")}
@@ -155,6 +183,8 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="decode,pipeline")
     p.add_argument("--config", default=None, help="TOML config (default: ops/config.toml)")
     p.add_argument("--redis-url", default=None)
+    p.add_argument("--decoder-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a [decoder] setting for this run, e.g. skip_frame=auto (repeatable; over the config's)")
     p.add_argument("--raw-concurrency", type=int, default=16, help="streams decoded at once for the raw figure")
     p.add_argument("--raw-seconds", type=float, default=10.0, help="seconds of raw decoding (default 10)")
     p.add_argument("--out", default="bench/results/streams.json")
@@ -167,6 +197,11 @@ def main(argv=None) -> int:
 
     settings = Settings.load(a.config or DEFAULT_CONFIG, redis_url=a.redis_url, model_dir=a.model)
     settings.model_dir = str(Path(settings.model_dir).resolve())
+    if a.decoder_option:
+        from schemas.config import DecoderSettings
+
+        given = dict(o.split("=", 1) for o in a.decoder_option)
+        settings.decoder = DecoderSettings.model_validate({**settings.decoder.model_dump(), **given})
     ladder = [int(x) for x in a.ladder.split(",")]
     ray.init(num_cpus=8, include_dashboard=False, namespace="vbs-bench", log_to_driver=False, configure_logging=False)
     results: dict = {"machine": {"cpus": os.cpu_count(), "gpu": False}, "p95_limit_s": a.p95_limit, "steps": []}

@@ -167,17 +167,8 @@ def test_read_corpus_records_failures_and_keeps_going(tmp_path, tiny_corpus):
 
 
 def test_clip_cutter_fills_samples_before_the_first_frame():
-    class F:  # a decoded frame stand-in: only its size and reformat() are used
-        width = height = 8
-
-        def __init__(self, v):
-            self.v = v
-
-        def reformat(self, **kw):
-            class R:
-                def to_ndarray(_):
-                    return np.full((kw["height"], kw["width"], 3), self.v, np.uint8)
-            return R()
+    def F(v):  # an 8x8 frame of one grey level, 40 * v
+        return av.VideoFrame.from_ndarray(np.full((8, 8, 3), 40 * v, np.uint8), format="rgb24")
 
     cut = ClipCutter(ClipSpec(seconds=1.0, frames=2, size=8))
     out = []
@@ -186,4 +177,4 @@ def test_clip_cutter_fills_samples_before_the_first_frame():
     out += cut.flush(0.3)
     # window [0, 1): samples 0.25 (before any frame: the first) and 0.75 (frame at 0.6);
     # window [1, 2): samples 1.25 (frame at 1.2) and 1.75 (frame at 1.5); [2, 3) is past the last frame
-    assert [(c[0], c[3][:, 0, 0, 0].tolist()) for c in out] == [(0, [0, 1]), (1, [3, 4])]
+    assert [(c[0], (c[3][:, 0, 0, 0] // 40).tolist()) for c in out] == [(0, [0, 1]), (1, [3, 4])]
