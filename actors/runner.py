@@ -364,7 +364,10 @@ class StreamRunner:
             err: SourceError = done  # type: ignore[assignment]
             may_retry = err.retry and (reader.live or scheme_of(self.a.url) != "file"
                                        or err.reason == FailureReason.stage_error)
-            limit = self.settings.max_reconnects if reader.live else min(3, self.settings.max_reconnects)
+            # a file's own errors rarely pass (three tries); a live source's and our model stages' do (a killed model
+            # actor is back once Ray has restarted it, which takes many seconds on a busy machine)
+            transient = reader.live or err.reason == FailureReason.stage_error
+            limit = self.settings.max_reconnects if transient else min(3, self.settings.max_reconnects)
             if not may_retry or reconnects.exhausted(limit):
                 log.warning("stream %s: failed: %s (%s)", sid, err, err.reason)
                 return self._finish(StreamStatus.failed, err.reason, str(err))

@@ -230,6 +230,34 @@ def test_a_stage_failure_while_the_reader_waits_loses_no_clip(env, stages, video
     assert t0s == want, (sorted(set(want) - set(t0s)), sorted(set(t0s) - set(want)))
 
 
+def test_a_file_rides_out_a_model_stage_that_stays_down_for_several_tries(env, stages, video):
+    """A killed model actor is back only once Ray has restarted it: on a busy machine each of a file stream's
+    first retries met it still down, and after three tries the stream failed as stage_error (the fault suite,
+    killing the fusion actor, failed all three of its file streams). Stage errors are our service's, not the
+    file's: they are retried as a live source's errors are, up to max_reconnects."""
+    import json
+
+    from videobert.reader import ClipSpec, read_video
+
+    class DownForAWhile(LocalPipeline):
+        calls = failures = 0
+
+        def result(self, handle, timeout):
+            DownForAWhile.calls += 1
+            if DownForAWhile.calls >= 12 and DownForAWhile.failures < 6:  # the first failure, then 5 retries
+                DownForAWhile.failures += 1
+                raise RuntimeError("injected: the fusion actor is restarting")
+            return handle
+
+    run = runner(env, stages, str(video), pipeline=DownForAWhile(*stages), job={"options": {"clip_rate": 4}},
+                 max_in_flight=1, reconnect_initial_s=0.05, reconnect_max_s=0.1, max_reconnects=8)
+    assert run.run() == StreamStatus.finished, status(env, run)
+    assert DownForAWhile.failures == 6
+    r, keys = env
+    t0s = [json.loads(f["data"])["t0"] for _, f in r.xrange(keys.tags(run.a.stream_id))]
+    assert t0s == [c.t0 for c in read_video(video, ClipSpec(), stride=0.25, with_text=False).clips]
+
+
 def test_what_a_fenced_owner_counted_reaches_the_stream_state(env, stages, video):
     """A live stream reclaimed after a long Redis outage lost from its state the clips its old owner dropped
     meanwhile (the fence refused the old owner's counts, and the new owner counts only its own): the fault suite
