@@ -319,10 +319,13 @@ class HttpServer:
     def _handler(self):
         return functools.partial(self.handler_class, directory=str(self.directory))
 
+    def _make_server(self) -> http.server.ThreadingHTTPServer:
+        return _QuietServer((HOST, 0), self._handler())
+
     def start(self) -> "HttpServer":
         if self._server is not None:
             return self
-        server = _QuietServer((HOST, 0), self._handler())
+        server = self._make_server()
         self._server, self.port = server, server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"{type(self).__name__}:{self.port}", daemon=True)
@@ -350,6 +353,32 @@ class HttpServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class HttpsServer(HttpServer):
+    """An HttpServer over TLS, with a self-signed certificate for ``cert_name`` (by default a name that is not
+    127.0.0.1's, so a client that checks the name refuses it), made with openssl in ``workdir``."""
+
+    def __init__(self, directory: str | Path, workdir: str | Path, cert_name: str = "other.invalid"):
+        super().__init__(directory)
+        self.workdir, self.cert_name = Path(workdir), cert_name
+
+    def _make_server(self) -> http.server.ThreadingHTTPServer:
+        import ssl
+
+        key, cert = self.workdir / "key.pem", self.workdir / "cert.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        f"/CN={self.cert_name}", "-addext", f"subjectAltName=DNS:{self.cert_name}", "-keyout",
+                        str(key), "-out", str(cert)], check=True, capture_output=True)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server = super()._make_server()
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        return server
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{HOST}:{self.port}"
 
 
 class RedirectingHttpServer(HttpServer):

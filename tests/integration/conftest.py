@@ -283,35 +283,3 @@ def service(graph) -> Service:
     serve.shutdown()
 
 
-class HttpsServer:
-    """HTTPS over `directory` on 127.0.0.1 (byte ranges as bench.sources.HttpServer) with a self-signed
-    certificate for another name (other.invalid), made with openssl in `workdir`. The context gives the base URL."""
-
-    def __init__(self, directory: Path, workdir: Path):
-        self.directory, self.workdir = directory, workdir
-
-    def __enter__(self) -> str:
-        import functools
-        import http.server
-        import ssl
-        import subprocess
-        import threading
-
-        from bench.sources import _RangeHandler
-
-        d = self.workdir
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                        "/CN=other.invalid", "-addext", "subjectAltName=DNS:other.invalid", "-keyout",
-                        str(d / "key.pem"), "-out", str(d / "cert.pem")], check=True, capture_output=True)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                   functools.partial(_RangeHandler, directory=str(self.directory)))
-        self.srv.daemon_threads = True
-        self.srv.socket = ctx.wrap_socket(self.srv.socket, server_side=True)
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-        return f"https://127.0.0.1:{self.srv.server_address[1]}"
-
-    def __exit__(self, *exc) -> None:
-        self.srv.shutdown()
-        self.srv.server_close()

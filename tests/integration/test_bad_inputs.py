@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.sources import RedirectingHttpServer, RtspServer, SilentTcpServer, StatusServer, UdpSender, free_port
-from tests.integration.conftest import HttpsServer
+from bench.sources import (HttpsServer, RedirectingHttpServer, RtspServer, SilentTcpServer, StatusServer, UdpSender,
+                           free_port)
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_every_bad_input_ends_as_its_own_reason_while_a_healthy_stream_runs(stre
     with UdpSender(video, loop=True, reencode=True) as udp, \
             RedirectingHttpServer(bad, {"/to-file.mp4": f"file://{bad / 'whole.mp4'}"}) as web, \
             StatusServer(500) as e500, StatusServer(403) as e403, SilentTcpServer() as silent, \
-            HttpsServer(bad, tmp_path) as https, RtspServer(bad / "whole.mp4", redirect_to="rtsp://127.0.0.2:9/x") as moved:
+            HttpsServer(bad, tmp_path) as tls, RtspServer(bad / "whole.mp4", redirect_to="rtsp://127.0.0.2:9/x") as moved:
         streams.push(udp.url, "healthy")
         streams.wait_tags("healthy", 2, timeout=90)
         before_tags, before = len(streams.tags("healthy")), counters(streams)
@@ -104,7 +104,7 @@ def test_every_bad_input_ends_as_its_own_reason_while_a_healthy_stream_runs(stre
             "redirect": ({"url": web.url("to-file.mp4")}, "refused_redirect"),
             "other-host": ({"url": web.url("other-host.m3u8")}, "refused_segment_host"),
             "concat": ({"url": str(bad / "list.ffconcat")}, "refused_format"),
-            "self-signed": ({"url": f"{https}/whole.mp4"}, "tls_error"),
+            "self-signed": ({"url": tls.url("whole.mp4")}, "tls_error"),
             "rtsp-redirect": ({"url": moved.url}, "refused_redirect"),
         }
         for sid, (fields, _) in jobs.items():

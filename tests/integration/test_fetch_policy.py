@@ -12,10 +12,9 @@ import pytest
 from actors.control import Refused, admit
 from actors.source import SourceError, SourceReader, fetch_bytes, sidecar_cues
 from actors.url_policy import UrlRefused, pinned
-from bench.sources import HttpServer, RedirectingHttpServer
+from bench.sources import HttpServer, HttpsServer, RedirectingHttpServer
 from schemas.config import DecoderSettings, UrlPolicy
 from schemas.streams import FailureReason, IngestJob, StreamOptions
-from tests.integration.conftest import HttpsServer
 from videobert.reader import ClipSpec
 
 SETTINGS = DecoderSettings(open_timeout_s=4, read_timeout_s=4)
@@ -225,8 +224,8 @@ class _TestPattern:
 @pytest.fixture(scope="module")
 def https(media, tmp_path_factory):
     """An HTTPS server on loopback whose self-signed certificate is for another name."""
-    with HttpsServer(media, tmp_path_factory.mktemp("tls")) as base:
-        yield base
+    with HttpsServer(media, tmp_path_factory.mktemp("tls")) as srv:
+        yield srv.base_url
 
 
 def test_a_certificate_for_another_name_is_refused_unless_the_stream_says_otherwise(https):
