@@ -81,18 +81,18 @@ def source_fps(source: Path) -> float:
         return float(c.streams.video[0].average_rate or 25)
 
 
-def clip_read_rate(source: Path, options: DecodeOptions, spec: ClipSpec) -> tuple[float, int]:
-    """(seconds of video read into clips per second, frames decoded) for one read of `source`."""
+def clip_read_rate(source: Path, options: DecodeOptions, spec: ClipSpec) -> float:
+    """Seconds of video read into clips per second, for one read of `source`."""
     t = time.perf_counter()
     v = read_video(source, spec, with_text=False, decode=options)
-    return v.duration / (time.perf_counter() - t), len(v.clips)
+    return v.duration / (time.perf_counter() - t)
 
 
-def tag_figures(model: Path, options: DecodeOptions) -> dict:
+def tag_figures(tagger, model: Path, options: DecodeOptions) -> dict:
+    """The zero-shot figures of `tagger` (videobert.tagging.Tagger) on the model's held-out videos read with
+    `options`."""
     from videobert.evaluate import evaluate_zero_shot, read_labelled
-    from videobert.tagging import Tagger
 
-    tagger = Tagger(model, device="cpu")
     r = evaluate_zero_shot(tagger, read_labelled(tagger.visual, model / "data" / "heldout", progress=False,
                                                  decode=options))
     return {k: round(r[k], 3) for k in ("verb_top1", "noun_top1", "both_top1")} | {"n_segments": r["n_segments"]}
@@ -124,15 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(a.rounds):
             for name, options in SETS.items():
                 raw[name].append(raw_decode_fps(source, options, a.concurrency, a.seconds, spec))
-                clips[name].append(clip_read_rate(source, options, spec)[0])
+                clips[name].append(clip_read_rate(source, options, spec))
+        tagger = None
+        if not a.no_tags:
+            from videobert.tagging import Tagger
+
+            tagger = Tagger(model, device="cpu")  # loaded once: every set is scored by the same model
         rows = {}
         for name, options in SETS.items():
             f = statistics.median(raw[name])
             rows[name] = {"options": asdict(options), "raw_decode_fps": round(f, 1),
                           "raw_decode_streams": int(f // fps), "clip_read_x_real_time": round(statistics.median(clips[name]), 2),
                           "all_rounds_fps": [round(x, 1) for x in raw[name]]}
-            if not a.no_tags:
-                rows[name]["tags"] = tag_figures(model, options)
+            if tagger is not None:
+                rows[name]["tags"] = tag_figures(tagger, model, options)
             print(f"{name:42s} raw {f:8.1f} frames/s ({int(f // fps)} streams)  clips "
                   f"{rows[name]['clip_read_x_real_time']:6.2f}x real time" +
                   (f"  tags v/n {rows[name]['tags']['verb_top1']:.3f} / {rows[name]['tags']['noun_top1']:.3f}"
