@@ -66,13 +66,14 @@ class VideoEncoderActor(_Batched):
         from actors.stages import VideoEncoderStage
 
         dev = _setup(settings, device, minilm_dir)
-        self._init_batcher(VideoEncoderStage(model_dir, dev), settings, redis, dev)
+        self.encoder = VideoEncoderStage(model_dir, dev)
+        self._init_batcher(self.encoder.encode, settings, redis, dev)
 
     def clip_spec(self) -> dict:
-        return self.stage.spec.to_dict()
+        return self.encoder.spec.to_dict()
 
-    async def encode(self, clip) -> int:
-        """One clip (T, H, W, 3) uint8 -> its visual word."""
+    async def encode(self, clip):
+        """One clip (T, H, W, 3) uint8 -> its visual word and joint-embedding code (actors.stages.EncodedClip)."""
         return await self.batcher.submit(clip)
 
 

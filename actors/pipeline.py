@@ -8,13 +8,16 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from actors.source import StreamClip
-from actors.stages import FusionItem
+from actors.stages import EncodedClip, FusionItem
 
 
 def fusion_input(item: FusionItem, words, text_ids) -> FusionItem:
-    """A stream's fusion item for one clip: the visual words (earlier clips' first, its own last) and the
-    WordPiece ids of its subtitle (None without one)."""
-    return replace(item, words=tuple(int(w) for w in words), text_ids=tuple(text_ids) if text_ids else None)
+    """A stream's fusion item for one clip: the visual words (earlier clips' first, its own last: EncodedClips or
+    plain ids), the WordPiece ids of its subtitle (None without one), and its own joint-embedding code."""
+    last = words[-1] if words else None
+    return replace(item, words=tuple(w.word if isinstance(w, EncodedClip) else int(w) for w in words),
+                   text_ids=tuple(text_ids) if text_ids else None,
+                   vector=last.vector if isinstance(last, EncodedClip) else None)
 
 
 class Pipeline(Protocol):
@@ -34,7 +37,7 @@ class LocalPipeline:
         self.video_encoder, self.language, self.fusion = video_encoder, language, fusion
 
     def submit(self, clip, context, item):
-        word = self.video_encoder([clip.frames])[0]
+        word = self.video_encoder.encode([clip.frames])[0]
         text = self.language([clip.text])[0] if clip.text else None
         return word, self.fusion([fusion_input(item, [*context, word], text)])[0]
 

@@ -390,7 +390,7 @@ class StreamRunner:
         inflight.popleft()
         latency = round(max(0.0, time.time() - clip.end_wall), 3) if clip.end_wall is not None else None
         row = tag_result(clip.t0, clip.t1, clip.text, score, latency)
-        if self._durable("a clip", self.sink.commit, self.a.stream_id, self.a.token, row):
+        if self._durable("a clip", self.sink.commit, self.a.stream_id, self.a.token, row, score.vector):
             self.counters.clips += 1
             if self.metrics is not None:
                 self.metrics.inc("vbs_pipeline_clips_tagged_total")

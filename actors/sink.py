@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from string import Template
 
+import numpy as np
+
 from actors.keys import Keys
 from schemas.state import StreamState, TagResult
 from schemas.streams import FailureReason, StreamStatus
@@ -28,10 +30,16 @@ log = logging.getLogger(__name__)
 EVENT_ERROR_CHARS = 300  # of a status's error message, in vbs:events and the live status events
 
 # KEYS: stream hash, tags stream, events stream. ARGV: token, entry id, data, t0, t1, maxlen, now, channel, stream id,
-# events maxlen
+# events maxlen, vector. A tag entry holds `data` (the TagResult JSON), `at` (when it was written, Unix seconds) and,
+# when the video encoder gave one, `vec`: the clip's joint-embedding code for search (videobert.retrieval, base64).
 _COMMIT = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return -1 end
-local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], ARGV[2], 'data', ARGV[3])
+local ok
+if ARGV[11] ~= '' then
+  ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], ARGV[2], 'data', ARGV[3], 'at', ARGV[7], 'vec', ARGV[11])
+else
+  ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], ARGV[2], 'data', ARGV[3], 'at', ARGV[7])
+end
 if type(ok) == 'table' and ok.err then
   if string.find(ok.err, 'equal or smaller', 1, true) then return 0 end
   return redis.error_reply(ok.err)
@@ -143,13 +151,17 @@ class Sink:
         self._release = self.redis.register_script(_RELEASE)
         self._count = self.redis.register_script(_COUNT)
 
-    def commit(self, stream_id: str, token: str, result: TagResult) -> bool:
-        """Write one clip's result. True if written, False if it was already there (a replay).
-        Raises Fenced if the stream has moved to another owner, and Redis's error if the write failed."""
+    def commit(self, stream_id: str, token: str, result: TagResult, vector: bytes | None = None) -> bool:
+        """Write one clip's result, with its joint-embedding code (`vector`, int8 bytes) when there is one. True if
+        written, False if it was already there (a replay). Raises Fenced if the stream has moved to another owner,
+        and Redis's error if the write failed."""
+        from videobert.retrieval import to_text
+
         data = result.to_json()
+        vec = to_text(np.frombuffer(vector, dtype=np.int8)) if vector else ""
         r = self._commit(keys=[self.keys.stream(stream_id), self.keys.tags(stream_id), self.keys.events],
                          args=[token, entry_id(result.t0), data, result.t0, result.t1, self.tags_maxlen,
-                               f"{time.time():.3f}", self.keys.live(stream_id), stream_id, self.events_maxlen])
+                               f"{time.time():.3f}", self.keys.live(stream_id), stream_id, self.events_maxlen, vec])
         if r == -1:
             raise Fenced(stream_id)
         return r == 1

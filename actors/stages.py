@@ -18,6 +18,15 @@ from videobert.checkpoint import ModelPaths
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class EncodedClip:
+    """The video encoder's answer for one clip: its visual word, and the int8 code of its joint text/clip embedding
+    (videobert.retrieval.quantise) that the sink keeps for search."""
+
+    word: int
+    vector: bytes
+
+
 class VideoEncoderStage:
     """uint8 clips (T, H, W, 3) -> visual word ids: the trained video encoder, then a walk down the k-means tree."""
 
@@ -32,15 +41,29 @@ class VideoEncoderStage:
     def spec(self):
         return self.visual.spec
 
-    @torch.no_grad()
-    def __call__(self, clips: list[np.ndarray]) -> list[int]:
-        if not clips:
-            return []
+    def _checked(self, clips: list[np.ndarray]) -> np.ndarray:
         expected = (self.spec.frames, self.spec.size, self.spec.size, 3)
         for c in clips:
             if c.shape != expected:
                 raise ValueError(f"clip of shape {c.shape}, the encoder takes {expected}")
-        return self.visual.tokens(np.stack(clips)).tolist()
+        return np.stack(clips)
+
+    @torch.no_grad()
+    def __call__(self, clips: list[np.ndarray]) -> list[int]:
+        """Visual word ids only (on-demand tagging, tests)."""
+        if not clips:
+            return []
+        return self.visual.tokens(self._checked(clips)).tolist()
+
+    @torch.no_grad()
+    def encode(self, clips: list[np.ndarray]) -> list[EncodedClip]:
+        """What the graph sends on: each clip's visual word and its joint embedding's int8 code (for search)."""
+        from videobert.retrieval import quantise
+
+        if not clips:
+            return []
+        words, joint = self.visual.tokens_and_joint(self._checked(clips))
+        return [EncodedClip(int(w), c.tobytes()) for w, c in zip(words.tolist(), quantise(joint.numpy()))]
 
 
 class LanguageStage:
@@ -80,6 +103,7 @@ class FusionItem:
     text_ids: tuple[int, ...] | None = None
     labels: LabelSet | None = None
     embedding: bool = False
+    vector: bytes | None = None  # the clip's joint-embedding code, passed through to its result (search)
 
 
 class FusionStage:
@@ -94,9 +118,9 @@ class FusionStage:
     @torch.no_grad()
     def __call__(self, items: list[FusionItem]) -> list:
         """One videobert.tagging.ClipScore per item."""
-        from videobert.labels import resolve
-
         from dataclasses import replace
+
+        from videobert.labels import resolve
 
         out: list = [None] * len(items)
         groups: dict[LabelSet | None, list[int]] = {}
@@ -108,5 +132,5 @@ class FusionStage:
                                        labels=resolve(labels, self.tagger.labels),
                                        embeddings=any(items[i].embedding for i in idx))
             for i, r in zip(idx, scored):
-                out[i] = r if items[i].embedding or r.embedding is None else replace(r, embedding=None)
+                out[i] = replace(r, embedding=r.embedding if items[i].embedding else None, vector=items[i].vector)
         return out

@@ -41,6 +41,7 @@ class ClipScore:
     alignment: float | None  # of its subtitle with the picture (0-1); None without a subtitle
     embedding: tuple[float, ...] | None = None  # the fused embedding (unit length, rounded), when asked for
     model: str | None = None  # which model said it: "name@hash" (videobert.checkpoint.model_id)
+    vector: bytes | None = None  # the clip's joint text/clip embedding as int8 (videobert.retrieval), for search
 
 
 def tag_result(t0: float, t1: float, subtitle: str, score: ClipScore, latency_s: float | None = None) -> TagResult:

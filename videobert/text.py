@@ -66,17 +66,20 @@ def text_ids(texts: list[str], max_tokens: int = MAX_TEXT_TOKENS, tokenizer=None
 class SentenceEncoder:
     """MiniLM sentence embeddings: (B,) strings -> (B, 384) unit vectors. Caches distinct lines."""
 
-    def __init__(self, device: str | torch.device = "cpu", max_length: int = 64):
+    def __init__(self, device: str | torch.device = "cpu", max_length: int = 64, max_cache: int | None = None):
         from transformers import AutoModel
 
         self.device = torch.device(device)
         self.tokenizer = load_tokenizer()
         self.model = AutoModel.from_pretrained(str(minilm_path()), local_files_only=True).to(self.device).eval()
         self.max_length = max_length
+        self.max_cache = max_cache  # distinct lines kept (None: all; a corpus's narration is bounded, queries are not)
         self._cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        if self.max_cache is not None and len(self._cache) + len(texts) > self.max_cache:
+            self._cache.clear()
         missing = sorted({t for t in texts if t not in self._cache})
         bar = tqdm(total=len(missing), desc="embedding narration", unit="line", disable=not progress or not missing)
         for i in range(0, len(missing), batch_size):

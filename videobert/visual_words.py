@@ -43,6 +43,14 @@ class VisualTokenizer:
     def tokens(self, clips, progress: bool = False) -> torch.Tensor:
         return self.kmeans.encode(self.embed(clips, progress).to(self.device)).cpu()  # (N,)
 
+    @torch.no_grad()
+    def tokens_and_joint(self, clips) -> tuple[torch.Tensor, torch.Tensor]:
+        """One encoder pass: the visual word ids (N,) and the joint text/clip embeddings (N, text_dim), unit
+        vectors (what text search compares a query with)."""
+        feats = self.embedder.features(clips, device=self.device).to(self.device)
+        words = self.kmeans.encode(self.embedder.quantised_space(feats)).cpu()
+        return words, self.embedder.embed_features(feats).cpu()
+
 
 def fit_vocab(data: str | Path, encoder_dir: str | Path, out: str | Path, config: KMeansConfig = KMeansConfig(),
               device: str | torch.device = "cpu", workers: int = 1, progress: bool = True,
