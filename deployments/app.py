@@ -8,7 +8,9 @@ on-demand tagger deployment.
     GET    /v1/streams/{id}/tags     results as the sink wrote them (?since=SECONDS&limit=N)
     GET    /v1/streams/{id}/events   server-sent events: status changes and tags, live
     GET    /v1/streams/{id}/snapshot.jpg   the latest clip's frame as a small JPEG (made while someone asks)
+    GET    /v1/streams/{id}/summary  consecutive clips with the same tags merged into segments, told as sentences
     GET    /v1/events                server-sent events of every stream in one feed, resumable (Last-Event-ID)
+    GET    /v1/search                clips of every stream ranked by similarity to a text (?q=TEXT&k=&stream=...)
     POST   /v1/tag                   tag an uploaded short clip (body: the video bytes)
     GET    /healthz /readyz /metrics /   health, readiness, Prometheus text, the live page
 
@@ -41,17 +43,18 @@ from deployments.auth import RequireKey
 from deployments.live import EventHub, Full, LiveHub, Seats, stream_feed
 from deployments.tagger import Tagger
 from schemas import VERSION
-from schemas.api import (ErrorBody, Health, Readiness, StreamAccepted, StreamPage, StreamRequest, StreamStopped,
-                         StreamView, TagPage, UploadTags)
+from schemas.api import (STREAM_ID_PATTERN, ErrorBody, Health, Readiness, SearchPage, StreamAccepted, StreamPage,
+                         StreamRequest, StreamStopped, StreamView, SummaryPage, TagPage, UploadTags)
 from schemas.config import Settings
 from schemas.state import MAX_STREAM_SECONDS, StreamState, TagResult
-from schemas.streams import LabelSet, StreamStatus, valid_stream_id
+from schemas.streams import LabelSet, StreamOptions, StreamStatus, valid_stream_id
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 MAX_OTHER_REQUESTS = 256  # requests in flight per ingress replica beside its live clients
 MAX_OFFSET = 10**12  # a listing's offset beyond this is past every stream (and Redis takes no index past 2**63)
+SUMMARY_MAX_CLIPS = 20_000  # tags one summary reads at most (a stream keeps tags_maxlen, 10,000 by default)
 
 
 class ApiError(Exception):
@@ -186,10 +189,11 @@ api.add_middleware(RequireKey)
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, settings: Settings, tagger, graph=None):
+    def __init__(self, settings: Settings, tagger, graph=None, search: list | None = None):
         from actors.keys import Keys, redis_client
 
         self.settings, self.tagger, self.graph = settings.model_copy(deep=True), tagger, graph
+        self.search_shards = list(search or [])  # deployments/search.py, one handle per shard
         self.keys = Keys(settings.redis.prefix)
         self.redis = redis_client(settings.redis.url, asyncio=True)
         self.sync_redis = redis_client(settings.redis.url)  # what runs in a thread: /metrics, actors.control
@@ -315,6 +319,75 @@ class Ingress:
         entries = await self.redis.xrange(self.keys.tags(stream_id), min=start, count=limit)
         tags = [{"id": eid, **TagResult.model_validate_json(f["data"]).to_dict()} for eid, f in entries]
         return {"stream_id": stream_id, "tags": tags, "next_since": tags[-1]["t0"] if tags else since}
+
+    @api.get("/v1/streams/{stream_id}/summary", response_model=SummaryPage, summary="A stream's summary",
+             responses=errors(404, 422, 503))
+    async def summary(self, stream_id: str, request: Request,
+                      since: float | None = Query(None, ge=0, le=MAX_STREAM_SECONDS, allow_inf_nan=False,
+                                                  description="only clips starting after this many seconds"),
+                      until: float | None = Query(None, ge=0, le=MAX_STREAM_SECONDS, allow_inf_nan=False,
+                                                  description="only clips starting before this many seconds"),
+                      min_clips: int = Query(2, ge=1, le=100, description="a run of fewer clips with other tags "
+                                                                          "is a flicker: it joins the segment before")):
+        """Consecutive clips with the same top label in every slot, merged into segments (t0, t1, labels, mean score,
+        the subtitle lines they overlap), each told as the stream's template filled with its labels."""
+        from actors.sink import entry_id
+        from videobert.summary import summarise
+
+        st = await self._stream(stream_id)
+        start = f"({entry_id(since)}" if since is not None else "-"
+        end = f"({entry_id(until)}" if until is not None else "+"
+        entries = await self.redis.xrange(self.keys.tags(stream_id), min=start, max=end, count=SUMMARY_MAX_CLIPS + 1)
+        truncated = len(entries) > SUMMARY_MAX_CLIPS
+        tags = []
+        for _, f in entries[:SUMMARY_MAX_CLIPS]:
+            try:
+                tags.append(TagResult.model_validate_json(f.get("data", "")))
+            except ValidationError:
+                continue  # not a tag (written by hand): the summary is of the tags
+        segments = summarise(tags, StreamOptions.template_of(st.options), min_clips=min_clips)
+        return {"stream_id": stream_id, "segments": [g.to_dict() for g in segments], "clips": len(tags),
+                "truncated": truncated}
+
+    @api.get("/v1/search", response_model=SearchPage, summary="Search every stream's clips by text",
+             responses=errors(422, 503, s503="search is off in this service's config (search_off), or an index "
+                                                  "shard does not answer"))
+    async def search(self, request: Request,
+                     q: str = Query(..., min_length=1, max_length=512, pattern=r"\S",
+                                    description="what to look for, in words"),
+                     k: int = Query(10, ge=1, description="hits wanted; at most the service's search.max_k"),
+                     stream: str | None = Query(None, pattern=STREAM_ID_PATTERN, description="only this stream's clips"),
+                     since: float | None = Query(None, ge=0, allow_inf_nan=False,
+                                                 description="only clips tagged at or after this time (Unix seconds)"),
+                     until: float | None = Query(None, ge=0, allow_inf_nan=False,
+                                                 description="only clips tagged at or before this time (Unix seconds)")):
+        """Clips of every stream ranked by the cosine of their embedding in the encoder's joint space with the
+        query's text embedding (what `vbs eval encoder` measures as text-to-clip retrieval)."""
+        if not self.search_shards:
+            raise ApiError(503, "search_off", "search is off in this service's config ([search] enabled = false)")
+        k = min(k, self.settings.search.max_k)
+        try:
+            vector = await asyncio.wait_for(self.search_shards[0].embed.remote(q), 30)
+            answers = await asyncio.wait_for(asyncio.gather(
+                *(s.query.remote(vector, k, stream, since, until) for s in self.search_shards)), 30)
+        except Exception as e:  # noqa: BLE001 - a shard away is the service's trouble, said as such
+            raise ApiError(503, "search_unavailable", f"the search index does not answer ({type(e).__name__})",
+                           headers={"Retry-After": "5"}) from None
+        hits = sorted((h for a in answers for h in a["hits"]), key=lambda h: -h["score"])[:k]
+        running = {}
+        if hits:
+            pipe = self.redis.pipeline(transaction=False)
+            names = list(dict.fromkeys(h["stream_id"] for h in hits))
+            for sid in names:
+                pipe.hget(self.keys.stream(sid), "status")
+            running = {sid: st is not None and not StreamStatus(st).terminal
+                       for sid, st in zip(names, await pipe.execute())}
+        for h in hits:
+            sid = h["stream_id"]
+            h["links"] = {"stream": f"/v1/streams/{sid}", "tags": f"/v1/streams/{sid}/tags?since={max(h['t0'] - 0.001, 0)}",
+                          "snapshot": f"/v1/streams/{sid}/snapshot.jpg" if running.get(sid) else None}
+        return {"query": q, "hits": hits, "indexed": sum(a["clips"] for a in answers),
+                "complete": all(a["complete"] for a in answers)}
 
     def _too_many(self, e: Full) -> ApiError:
         return ApiError(503, "too_many_clients", f"this replica serves {self.settings.api.max_sse_clients} live "
@@ -494,10 +567,19 @@ def build_app(settings: Settings, with_graph: bool = False):
     quiet = settings.model_copy(deep=True)
     quiet.api.keys = []  # the keys travel as user_config (reconfigure), so changing them restarts nothing
     graph = GraphKeeper.bind(settings) if with_graph else None
+    search = None
+    if settings.search.enabled:
+        from deployments.search import SearchShard
+
+        n = settings.search.shards
+        search = [SearchShard.options(name="search" if n == 1 else f"search-{i}",
+                                      ray_actor_options={"num_cpus": settings.search.num_cpus}).bind(quiet, i, n)
+                  for i in range(n)]
     # every live (SSE) client is a request in flight for as long as it listens: Serve's default of 5 at a time
     # per replica would queue the sixth client and every request after it
     return Ingress.options(ray_actor_options={"num_cpus": 0}, user_config=live,
-                           max_ongoing_requests=api.max_sse_clients + MAX_OTHER_REQUESTS).bind(quiet, tagger, graph)
+                           max_ongoing_requests=api.max_sse_clients + MAX_OTHER_REQUESTS).bind(quiet, tagger, graph,
+                                                                                              search)
 
 
 def app_builder(args: dict):

@@ -144,6 +144,74 @@ class TagPage(BaseModel):
     next_since: float | None = Field(description="pass as ?since= for the next page (the last tag's t0)")
 
 
+# -- search and summary ----------------------------------------------------------------------------------
+
+
+class TopLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    score: float
+
+
+class SearchLinks(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stream: str = Field(description="the stream's state")
+    tags: str = Field(description="its tags from this clip on")
+    snapshot: str | None = Field(description="its latest picture while it runs (made while someone asks), else null")
+
+
+class SearchHit(BaseModel):
+    """One clip that matches the query, best first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream_id: str
+    entry: str = Field(description="the clip's entry id in vbs:tags:{id}")
+    t0: float = Field(description="stream seconds")
+    t1: float
+    score: float = Field(description="cosine similarity of the clip and the query in the encoder's joint space")
+    at: float = Field(description="when the clip was tagged (Unix seconds)")
+    labels: dict[str, TopLabel] = Field(description="each slot's top label")
+    subtitle: str
+    links: SearchLinks
+
+
+class SearchPage(BaseModel):
+    """GET /v1/search: the clips of every stream nearest the query's text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str
+    hits: list[SearchHit]
+    indexed: int = Field(description="clips in the index, over every shard")
+    complete: bool = Field(description="false while a shard is still rebuilding its index from Redis")
+
+
+class SummarySegment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    t0: float = Field(description="stream seconds")
+    t1: float
+    labels: dict[str, str] = Field(description="slot -> the label over the segment")
+    score: float = Field(description="the mean score of those labels over the segment's clips (0-1)")
+    clips: int
+    subtitles: list[str] = Field(description="the distinct subtitle lines of its clips, in order")
+    sentence: str = Field(description="the stream's template filled with the labels")
+
+
+class SummaryPage(BaseModel):
+    """GET /v1/streams/{id}/summary: consecutive clips with the same top labels merged into segments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream_id: str
+    segments: list[SummarySegment]
+    clips: int = Field(description="the tagged clips summarised")
+    truncated: bool = Field(description="true when the stream has more tags than one summary reads")
+
+
 # -- on-demand tagging -------------------------------------------------------------------------------------
 
 

@@ -185,6 +185,19 @@ class TaggerSettings(_Strict):
     target_ongoing_requests: float = Field(default=4.0, gt=0)
 
 
+class SearchSettings(_Strict):
+    """Text search over every tagged clip (GET /v1/search, `vbs search`): an index of the clips' joint embeddings in
+    a Serve deployment, rebuilt from Redis at start and fed live (actors/search.py)."""
+
+    enabled: bool = True
+    shards: int = Field(default=1, ge=1, le=64)  # index replicas, each holding the streams crc32(id) % shards picks
+    max_clips: int = Field(default=1_000_000, ge=100)  # per shard; past it the oldest clips leave the index
+    retention_s: float | None = Field(default=None, gt=0)  # clips older than this leave it; unset: while Redis has them
+    max_k: int = Field(default=100, ge=1, le=1000)  # most hits one query returns
+    num_cpus: float = Field(default=0.5, ge=0)
+    threads: int = Field(default=1, ge=1, le=64)  # torch threads for the query's text embedding
+
+
 class Settings(_Strict):
     redis: RedisSettings = RedisSettings()
     model_dir: str = "models/demo"
@@ -199,6 +212,7 @@ class Settings(_Strict):
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     api: ApiSettings = ApiSettings()
     tagger: TaggerSettings = TaggerSettings()
+    search: SearchSettings = SearchSettings()
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, redis_url: str | None = None, model_dir: str | None = None,

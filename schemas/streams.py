@@ -194,6 +194,14 @@ class StreamOptions(BaseModel):
             _label_set_or_error(self.template, self.labels)
         return self
 
+    @classmethod
+    def template_of(cls, options: dict) -> str | None:
+        """The template of a stream's stored options (None: the model's default, or options that no longer read)."""
+        try:
+            return cls.model_validate(options).template
+        except ValidationError:
+            return None
+
     @cached_property
     def label_set(self) -> LabelSet | None:
         """The stream's template and label sets as one value (None: the model's defaults)."""
