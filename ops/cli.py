@@ -297,6 +297,16 @@ def _print_graph(r, keys) -> int:
     return 0
 
 
+def _known_stream(r, keys, stream_id: str):
+    """The stream's state; an unknown id is bad input (exit 2)."""
+    from actors import control
+
+    st = control.state(r, keys, stream_id)
+    if st is None:
+        raise FileNotFoundError(f"no stream {stream_id!r} under the prefix {keys.prefix!r}")
+    return st
+
+
 def cmd_stop(a: argparse.Namespace) -> int:
     from actors import control
 
@@ -346,9 +356,7 @@ def cmd_tags(a: argparse.Namespace) -> int:
     from schemas.state import TagResult
 
     r, keys = _redis_for(a)
-    st = control.state(r, keys, a.id)
-    if st is None:
-        raise FileNotFoundError(f"no stream {a.id!r} under the prefix {keys.prefix!r}")
+    st = _known_stream(r, keys, a.id)
     key = keys.tags(a.id)
     last = entry_id(a.since) if a.since is not None else "0-0"  # the entry after which to read
 
@@ -382,6 +390,69 @@ def cmd_tags(a: argparse.Namespace) -> int:
             return 0
     read_all()  # what was written before it ended and after the last read
     print(f"{a.id}: {st.status.value}" + (f" ({st.reason})" if st.reason else ""), file=sys.stderr)
+    return 0
+
+
+def _unix_time(text: str) -> float:
+    """--since/--until of a search: Unix seconds, or minus seconds before now ("-3600": the last hour)."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = float("nan")
+    if not x == x or x in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"takes Unix seconds, or -SECONDS before now, not {text!r}")
+    return time.time() + x if x < 0 else x
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    """Clips of every stream nearest a text, from the running service's index (GET /v1/search)."""
+    from ops.up import api_get
+
+    body = api_get(a, "/v1/search", {"q": a.text, "k": a.k, "stream": a.stream, "since": a.since, "until": a.until})
+    for h in body["hits"]:
+        if a.json:
+            print(json.dumps(h))
+            continue
+        labels = "  ".join(f"{slot}: {x['label']} {x['score']:.2f}" for slot, x in h["labels"].items())
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["at"]))
+        subtitle = " ".join(h["subtitle"].split())
+        print(f"{h['score']:.3f}  {h['stream_id']:<24} {h['t0']:8.2f}-{h['t1']:<8.2f} {when}  {labels}"
+              + (f'   "{subtitle}"' if subtitle else ""))
+    if not body["complete"]:
+        print("vbs: the index is still being rebuilt from Redis: hits may be missing", file=sys.stderr)
+    if not body["hits"] and not a.json:
+        print(f"no clip matches (the index holds {body['indexed']} clips)", file=sys.stderr)
+    return 0
+
+
+def cmd_summary(a: argparse.Namespace) -> int:
+    """A stream's tags merged into segments (videobert.summary), read from Redis as GET /v1/streams/{id}/summary."""
+    from pydantic import ValidationError
+
+    from actors.sink import entry_id
+    from schemas.state import TagResult
+    from schemas.streams import StreamOptions
+    from videobert.summary import summarise
+
+    r, keys = _redis_for(a)
+    st = _known_stream(r, keys, a.id)
+    tags, last = [], entry_id(a.since) if a.since is not None else "0-0"
+    while True:
+        entries = r.xrange(keys.tags(a.id), min=f"({last}", count=TAGS_PAGE)
+        for eid, f in entries:
+            try:
+                tags.append(TagResult.model_validate_json(f.get("data", "")))
+            except ValidationError:
+                continue
+        if len(entries) < TAGS_PAGE:
+            break
+        last = entries[-1][0]
+    for seg in summarise(tags, StreamOptions.template_of(st.options), min_clips=a.min_clips):
+        if a.json:
+            print(json.dumps(seg.to_dict()))
+        else:
+            print(f"{seg.t0:8.2f}-{seg.t1:<8.2f} {seg.score:.2f}  {seg.sentence}"
+                  + (f'   ("{" / ".join(seg.subtitles)}")' if seg.subtitles else ""))
     return 0
 
 
@@ -730,6 +801,39 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--json", action="store_true", help="JSON lines instead of lines for people")
     _service_args(ta)
     ta.set_defaults(func=cmd_tags)
+
+    se = sub.add_parser("search", help="find clips of every stream by text (the running service's index)",
+                        description="Ask the running service (GET /v1/search) for the clips whose embedding in the "
+                                    "encoder's joint space is nearest the text's: one line per hit, best first, with "
+                                    "its score, stream, stream time, when it was tagged, its top labels and subtitle; "
+                                    "--json: one JSON object per hit, as the API gives them. The service is --api, "
+                                    "else the running `vbs up`'s, else the config's api host and port.")
+    se.add_argument("text", help="what to look for, in words")
+    se.add_argument("--k", type=int, default=10, help="hits wanted (default 10; the service caps it at search.max_k)")
+    se.add_argument("--stream", default=None, help="only this stream's clips")
+    se.add_argument("--since", type=_unix_time, default=None, metavar="T",
+                    help="only clips tagged at or after T: Unix seconds, or -SECONDS before now (-3600: the last hour)")
+    se.add_argument("--until", type=_unix_time, default=None, metavar="T", help="only clips tagged at or before T")
+    se.add_argument("--json", action="store_true", help="JSON lines instead of lines for people")
+    se.add_argument("--api", default=None, metavar="URL", help="the service's base URL, e.g. http://127.0.0.1:8000")
+    se.add_argument("--api-key", default=None, help="a bearer key of the service (default: the config's first)")
+    _service_args(se)
+    se.set_defaults(func=cmd_search)
+
+    su = sub.add_parser("summary", help="a stream's summary: its tags merged into segments, told as sentences",
+                        description="Consecutive clips of stream ID with the same top labels merge into segments; one "
+                                    "line each: stream time, mean score, the template filled with its labels, and "
+                                    "the subtitle lines it overlaps. --json: one JSON object per segment, as GET "
+                                    "/v1/streams/{id}/summary gives them. An unknown ID exits 2.")
+    su.add_argument("id", help="stream id")
+    su.add_argument("--min-clips", type=int, default=2, metavar="N",
+                    help="a run of fewer than N clips with other tags is a flicker and joins the segment before "
+                         "(default 2; 1: every change of tags starts a segment)")
+    su.add_argument("--since", type=_stream_seconds, default=None, metavar="S",
+                    help="only clips that start after stream second S")
+    su.add_argument("--json", action="store_true", help="JSON lines instead of lines for people")
+    _service_args(su)
+    su.set_defaults(func=cmd_summary)
     return p
 
 

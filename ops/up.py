@@ -300,6 +300,47 @@ def find_redis(args, settings: Settings) -> tuple[str, str]:
     return run.redis_url, f"of the vbs up running as pid {run.pid}"
 
 
+def find_api(args, settings: Settings) -> tuple[str, str]:
+    """The HTTP service of a client command and where it came from: --api, else the run file of a running `vbs up`,
+    else the config's api host and port."""
+    if getattr(args, "api", None):
+        return args.api.rstrip("/"), "given by --api"
+    run = runfile.read_live()
+    if run is not None:
+        return run.http, f"of the vbs up running as pid {run.pid}"
+    return f"http://{settings.api.host}:{settings.api.port}", "the config's api host and port"
+
+
+def api_get(args, path: str, params: dict) -> dict:
+    """GET a route of the service as a client command: the JSON body, the service's own error as ValueError (bad
+    input, exit 2), a service that does not answer as Unreachable (exit 1). The API key: --api-key, else the config's
+    first."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    settings = settings_for(args)
+    base, source = find_api(args, settings)
+    key = getattr(args, "api_key", None) or (settings.api.keys[0] if settings.api.keys else None)
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    req = urllib.request.Request(f"{base}{path}?{query}", headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            err = json.loads(e.read())["error"]
+            said = f"{err['code']}: {err['message']}"
+        except (ValueError, KeyError, TypeError):
+            said = f"HTTP {e.code}"
+        if e.code in (401, 403, 404, 409, 413, 422, 429):
+            raise ValueError(f"the service at {base} refused: {said}") from None
+        raise Unreachable(f"the service at {base} ({source}) failed: {said}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise Unreachable(f"cannot reach the service at {base} ({source}): {why(e)}") from None
+
+
 def client_for(args):
     """(Redis client, Keys, Settings) of a client command, Redis found by `find_redis` and checked to answer:
     Unreachable at once if it does not."""
