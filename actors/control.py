@@ -46,11 +46,21 @@ def admit(job: IngestJob, policy: UrlPolicy) -> tuple[str, str]:
     try:
         url = check_url(job.url, policy)
         subs = check_url(job.subtitles_url, policy) if job.subtitles_url else ""
+        for rule in job.options.rules:
+            if rule.webhook:
+                check_webhook(rule.webhook, policy)
     except UrlRefused as e:
         raise Refused(e.failure, e.reason) from None
     if not subs and scheme_of(url) == "file":
         subs = _beside(url, policy)
     return url, subs
+
+
+def check_webhook(url: str, policy: UrlPolicy) -> str:
+    """A rule's webhook: http or https, and an address the policy allows (checked again at each POST)."""
+    if scheme_of(url) not in ("http", "https"):
+        raise UrlRefused("scheme", f"a webhook is http or https, not {scheme_of(url)!r}")
+    return check_url(url, policy)
 
 
 def _beside(video: str, policy: UrlPolicy) -> str:

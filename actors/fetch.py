@@ -9,7 +9,8 @@ names (HLS variants, segments and keys; a file playlist's entries). Each is chec
   its own host unless `url_policy.segment_hosts = "any"`.
 - Files: the real path (symlinks followed) must lie under the media root, and a file playlist names files only.
 
-`http_get` fetches a sidecar through the same connection code. Plain code: no Ray, no Redis, no FFmpeg."""
+`http_get` fetches a sidecar through the same connection code, and `http_post` sends a rule's webhook. Plain code:
+no Ray, no Redis, no FFmpeg."""
 
 from __future__ import annotations
 
@@ -118,6 +119,25 @@ def request(url: str, policy: UrlPolicy, *, headers: dict[str, str] | None = Non
                                          f"{e.reason}") from None
         url = target
     raise UrlRefused("redirect", f"more than {policy.max_redirects} redirects in a row (url_policy.max_redirects)")
+
+
+def http_post(url: str, policy: UrlPolicy, body: bytes, *, headers: dict[str, str] | None = None,
+              tls_verify: bool = True, timeout_s: float = 10.0, resolve=None) -> int:
+    """POST `body` (JSON) to `url` under `policy`, at an address the policy checked; the answer's HTTP status. A
+    redirect is not followed (a webhook that moved says so: 3xx comes back as the status). Raises UrlRefused (a
+    refused URL) or OSError (connecting, TLS, reading)."""
+    if scheme_of(url) not in _HTTP:
+        raise UrlRefused("scheme", f"a webhook is http or https, not {scheme_of(url)!r}")
+    hdrs = {"User-Agent": USER_AGENT, "Content-Type": "application/json"} | (headers or {})
+    conn = _connect(url, policy, tls_verify, timeout_s, timeout_s, resolve=resolve)
+    try:
+        parts = urlsplit(url)
+        conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body=body, headers=hdrs)
+        resp = conn.getresponse()
+        resp.read(64 * 1024)  # what a receiver says back is not ours to keep
+        return resp.status
+    finally:
+        conn.close()
 
 
 def _status_error(resp, url: str) -> FetchError:

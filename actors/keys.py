@@ -58,6 +58,21 @@ class Keys:
     def events(self) -> str:  # stream of every stream's tag and status notifications, capped (GET /v1/events)
         return f"{self.prefix}:events"
 
+    @property
+    def rules_group(self) -> str:  # the consumer group of vbs:events that evaluates rules (actors/rules.py)
+        return f"{self.prefix}-rules"
+
+    @property
+    def webhooks(self) -> str:  # stream of webhook deliveries waiting to be POSTed, read by its consumer group
+        return f"{self.prefix}:webhooks"
+
+    @property
+    def webhooks_group(self) -> str:
+        return f"{self.prefix}-webhooks"
+
+    def fired(self, stream_id: str, rule: str, entry: str) -> str:  # a rule event already fired (dedupe, with a TTL)
+        return f"{self.prefix}:fired:{stream_id}:{rule}:{entry}"
+
     def snapshot(self, stream_id: str) -> str:  # bytes: the latest clip's frame as a JPEG, with a TTL
         return f"{self.prefix}:snapshot:{stream_id}"
 

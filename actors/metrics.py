@@ -97,6 +97,11 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("vbs_tag_latency_seconds", "histogram",
               "End-to-end latency of live streams: end of a clip in stream time to its tag in Redis.",
               (), TAG_LATENCY_BUCKETS),
+    MetricDef("vbs_rule_events_total", "counter", "Events the rules fired (a rule passed for its clips in a row).",
+              ("rule",)),
+    MetricDef("vbs_webhook_deliveries_total", "counter",
+              "Tries of rule webhooks: delivered (a 2xx answer), retried (to be tried again), failed (dead-lettered).",
+              ("outcome",), values={"outcome": ("delivered", "retried", "failed")}),
     # -- the pipeline's own counters hash (sink Lua scripts, supervisor) -------------------------------
     MetricDef("vbs_failures_total", "counter", "Failures by reason code (failed streams, refused or malformed jobs).",
               ("reason",), source="counters", field="failures:{reason}", values={"reason": FAILURE_REASONS}),

@@ -197,7 +197,7 @@ class Supervisor:
             return
         now = time.time()
         state = StreamState(stream_id=sid, url=safe, entry=entry, created_at=now, updated_at=now, client=job.client or "",
-                            options=job.options.model_dump(mode="json", exclude_none=True))
+                            options=shown_options(job))
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.keys.stream(sid), self.keys.tags(sid))  # a stream id used again starts afresh
         pipe.hset(self.keys.stream(sid), mapping=state.to_hash())
@@ -496,3 +496,15 @@ class SupervisorActor:
     def close(self) -> None:
         self._closing.set()
         self._thread.join(timeout=10)
+
+
+def shown_options(job: IngestJob) -> dict:
+    """A job's options as the stream's state keeps them: its rules' webhooks masked (a webhook's path may be its
+    secret; the rules deployment reads them from the ingest job, which is deleted when the stream ends)."""
+    from actors.rules import masked
+
+    options = job.options.model_dump(mode="json", exclude_none=True)
+    rules = options.pop("rules", [])
+    if rules:
+        options["rules"] = [{**r, "webhook": masked(r["webhook"])} if r.get("webhook") else r for r in rules]
+    return options

@@ -976,3 +976,65 @@ class RtspServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class WebhookReceiver:
+    """A webhook receiver on 127.0.0.1 (free port) that records what is POSTed to it: `received` holds (headers,
+    JSON body) of every POST it answered 2xx. `fail_first` POSTs are answered 500 (a receiver that fails, then
+    recovers); `set_failing(True)` answers 500 until it is turned off."""
+
+    def __init__(self, fail_first: int = 0):
+        self.received: list[tuple[dict[str, str], dict]] = []
+        self.refused = 0
+        self._fail_left, self._failing = fail_first, False
+        self._lock = threading.Lock()
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/hook"
+
+    def set_failing(self, on: bool) -> None:
+        with self._lock:
+            self._failing = on
+
+    def start(self) -> "WebhookReceiver":
+        import json
+
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    fail = receiver._failing or receiver._fail_left > 0
+                    if receiver._fail_left > 0:
+                        receiver._fail_left -= 1
+                    if fail:
+                        receiver.refused += 1
+                    else:
+                        receiver.received.append((dict(self.headers), json.loads(body or b"{}")))
+                self.send_response(500 if fail else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = _QuietServer((HOST, 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "WebhookReceiver":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -9,7 +9,7 @@ on-demand tagger deployment.
     GET    /v1/streams/{id}/events   server-sent events: status changes and tags, live
     GET    /v1/streams/{id}/snapshot.jpg   the latest clip's frame as a small JPEG (made while someone asks)
     GET    /v1/streams/{id}/summary  consecutive clips with the same tags merged into segments, told as sentences
-    GET    /v1/events                server-sent events of every stream in one feed, resumable (Last-Event-ID)
+    GET    /v1/events                server-sent events of every stream in one feed (and rules that fired), resumable
     GET    /v1/search                clips of every stream ranked by similarity to a text (?q=TEXT&k=&stream=...)
     POST   /v1/tag                   tag an uploaded short clip (body: the video bytes)
     GET    /healthz /readyz /metrics /   health, readiness, Prometheus text, the live page
@@ -189,11 +189,12 @@ api.add_middleware(RequireKey)
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, settings: Settings, tagger, graph=None, search: list | None = None):
+    def __init__(self, settings: Settings, tagger, graph=None, search: list | None = None, rules=None):
         from actors.keys import Keys, redis_client
 
         self.settings, self.tagger, self.graph = settings.model_copy(deep=True), tagger, graph
         self.search_shards = list(search or [])  # deployments/search.py, one handle per shard
+        self.rules = rules  # deployments/rules.py: bound so that it runs with the app (the ingress never calls it)
         self.keys = Keys(settings.redis.prefix)
         self.redis = redis_client(settings.redis.url, asyncio=True)
         self.sync_redis = redis_client(settings.redis.url)  # what runs in a thread: /metrics, actors.control
@@ -424,12 +425,13 @@ class Ingress:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @api.get("/v1/events", response_class=StreamingResponse, summary="Every stream's live events, resumable",
-             responses={200: {"content": sse_content(("status", "tag", "ready", "reset")),
-                              "description": "status and tag events of every stream"},
+             responses={200: {"content": sse_content(("status", "tag", "rule", "ready", "reset")),
+                              "description": "status and tag events of every stream, and the rules that fired"},
                         **errors(503, s503="too many live clients on this replica (too_many_clients)")})
     async def all_events(self, request: Request):
         """Server-sent events of every stream in one feed (a page opens one EventSource): `status` (with `reason`
-        and `error`) and `tag` events, each naming its `stream_id`, each with `id:` set to its entry id in
+        and `error`), `tag` and `rule` (a rule that fired, as its webhook gets it) events, each naming its
+        `stream_id`, each with `id:` set to its entry id in
         vbs:events; a reconnect with Last-Event-ID resumes from there and loses nothing (deployments/live.py)."""
         try:
             client = self.hub.join()
@@ -575,11 +577,16 @@ def build_app(settings: Settings, with_graph: bool = False):
         search = [SearchShard.options(name="search" if n == 1 else f"search-{i}",
                                       ray_actor_options={"num_cpus": settings.search.num_cpus}).bind(quiet, i, n)
                   for i in range(n)]
+    rules = None
+    if settings.rules.enabled:
+        from deployments.rules import Rules
+
+        rules = Rules.options(ray_actor_options={"num_cpus": settings.rules.num_cpus}).bind(quiet)
     # every live (SSE) client is a request in flight for as long as it listens: Serve's default of 5 at a time
     # per replica would queue the sixth client and every request after it
     return Ingress.options(ray_actor_options={"num_cpus": 0}, user_config=live,
                            max_ongoing_requests=api.max_sse_clients + MAX_OTHER_REQUESTS).bind(quiet, tagger, graph,
-                                                                                              search)
+                                                                                              search, rules)
 
 
 def app_builder(args: dict):

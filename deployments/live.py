@@ -263,6 +263,11 @@ class EventHub:
                     out.append((pid, sse("tag", tag_data(sid, rows[0][0], rows[0][1]["data"]), gid)))
             elif f.get("status"):
                 out.append((pid, sse("status", status_data(sid, f["status"], f.get("reason"), f.get("error")), gid)))
+            elif f.get("rule"):  # a rule that fired (actors/rules.py): the event as its webhook gets it
+                try:
+                    out.append((pid, sse("rule", json.loads(f.get("event") or "{}"), gid)))
+                except ValueError:
+                    continue
         return out
 
     async def _pump(self) -> None:

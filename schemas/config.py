@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.streams import MAX_RULES, Rule
+
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 MINILM_ENV = "VBS_MINILM_DIR"  # a copy of the MiniLM files elsewhere (a machine without the package)
 MAX_FRAME_PIXELS = 3840 * 2160  # frames larger than 4K are refused, not decoded (streams and files alike)
@@ -198,6 +200,19 @@ class SearchSettings(_Strict):
     threads: int = Field(default=1, ge=1, le=64)  # torch threads for the query's text embedding
 
 
+class RulesSettings(_Strict):
+    """Rules and their webhooks (actors/rules.py): `rules` apply to every stream, beside each stream's own
+    (`options.rules`)."""
+
+    enabled: bool = True
+    rules: list[Rule] = Field(default=[], max_length=MAX_RULES)
+    max_attempts: int = Field(default=8, ge=1, le=100)  # tries of one webhook POST before it is dead-lettered
+    retry_initial_s: float = Field(default=1.0, gt=0)  # the wait before the second try, doubling up to retry_max_s
+    retry_max_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)  # connect and answer, per try
+    num_cpus: float = Field(default=0.25, ge=0)
+
+
 class Settings(_Strict):
     redis: RedisSettings = RedisSettings()
     model_dir: str = "models/demo"
@@ -213,6 +228,7 @@ class Settings(_Strict):
     api: ApiSettings = ApiSettings()
     tagger: TaggerSettings = TaggerSettings()
     search: SearchSettings = SearchSettings()
+    rules: RulesSettings = RulesSettings()
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, redis_url: str | None = None, model_dir: str | None = None,

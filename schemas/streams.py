@@ -92,6 +92,8 @@ class FailureReason(StrEnum):
     redis_unavailable = "redis_unavailable"  # Redis took no write for longer than redis_outage_s
     reclaimed_too_often = "reclaimed_too_often"
     internal = "internal"
+    # a rule's webhook (actors/rules.py): an event it never took, its stream unaffected
+    webhook_failed = "webhook_failed"
     # not a failure: the reason recorded with status `stopped`
     stopped = "stopped"
 
@@ -167,6 +169,39 @@ class LabelSet(BaseModel):
         return {name: list(words) for name, words in self.slots or ()}
 
 
+MAX_RULES = 16  # per stream, and in the config
+
+
+class Rule(BaseModel):
+    """When to tell someone (actors/rules.py): a stream's clips pass the rule's test for `clips` clips in a row, then
+    one event goes to `vbs:events` and, with a `webhook`, is POSTed there as JSON. The test is one of
+    `labels` (each named slot scores one of its labels at `min_score` or more) or `query` (the clip's embedding is
+    at least `min_score` near the text's, in the encoder's joint space, as search ranks). The rule fires again only
+    after a clip that fails it."""
+
+    # the schema says what the validator below checks: exactly one of the two tests, neither empty
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["labels"], "properties": {"labels": {"type": "object", "minProperties": 1,
+                                                           "additionalProperties": {"minItems": 1}},
+                                                "query": {"type": "null"}}},
+        {"required": ["query"], "properties": {"query": {"type": "string"}, "labels": {"type": "null"}}}]})
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    labels: dict[str, tuple[str, ...]] | None = None  # slot -> labels, any of which passes
+    query: str | None = Field(default=None, min_length=1, max_length=512, pattern=r"\S")
+    min_score: float = Field(default=0.5, ge=0, le=1)
+    clips: int = Field(default=1, ge=1, le=10_000)  # consecutive clips
+    webhook: str | None = Field(default=None, min_length=1, max_length=2048)  # http(s), under the URL policy
+
+    @model_validator(mode="after")
+    def _one_test(self) -> "Rule":
+        if (self.labels is None) == (self.query is None):
+            raise ValueError(f"rule {self.name!r} needs exactly one of labels and query")
+        if self.labels is not None and (not self.labels or not all(self.labels.values())):
+            raise ValueError(f"rule {self.name!r}: labels name each slot with at least one label")
+        return self
+
+
 class StreamOptions(BaseModel):
     """Per-stream tagging options (the job's `options` field, JSON)."""
 
@@ -180,6 +215,7 @@ class StreamOptions(BaseModel):
     # HTTPS, RTSPS and RTMPS certificates are verified against the URL's host name; False accepts any
     # certificate for this stream only (a camera with a self-signed one)
     tls_verify: bool = True
+    rules: tuple[Rule, ...] = Field(default=(), max_length=MAX_RULES)  # this stream's, beside the config's
 
     @field_validator("labels")
     @classmethod
