@@ -244,3 +244,28 @@ def test_the_page_follows_50_live_streams_with_pictures_on_one_feed(service, str
             streams.stop(sid)
         for sid in ids:
             streams.wait(sid, {"stopped", "failed", "finished"}, timeout=60)
+
+
+def test_the_pages_search_box_finds_clips_and_a_hit_opens_its_streams_summary(service, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys as Key
+
+    from tests.integration.test_api import heldout, wait_status
+
+    assert service.post("/v1/streams", json={"url": str(heldout(service)[2]), "stream_id": "page-search"}).status_code == 202
+    assert wait_status(service, "page-search", {"finished", "failed"}, timeout=300)["status"] == "finished"
+    api = service.get("/v1/search", params={"q": "shrink the ring", "k": 10}).json()["hits"]
+    browser.get(service.url(f"/?key={API_KEY}"))
+    box = browser.find_element(By.ID, "q")
+    box.send_keys("shrink the ring", Key.ENTER)
+    hits = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#hits .hit"), 60, "search hits on the page")
+    assert [h.get_attribute("data-stream") for h in hits] == [h["stream_id"] for h in api]
+    # a hit's stream name opens that stream's summary: one block per segment, each told as a sentence
+    mine = next(h for h in browser.find_elements(By.CSS_SELECTOR, "#hits .hit")
+                if h.get_attribute("data-stream") == api[0]["stream_id"])
+    mine.find_element(By.TAG_NAME, "a").click()
+    want = service.get(f"/v1/streams/{api[0]['stream_id']}/summary").json()["segments"]
+    blocks = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#summary .segments div"), 30, "the summary")
+    assert len(blocks) == len(want)
+    items = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#summary li")]
+    assert items and all("now let me show you how to" in x for x in items) and want[0]["sentence"] in items[0]
