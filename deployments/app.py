@@ -328,8 +328,10 @@ class Ingress:
                                                   description="only clips starting after this many seconds"),
                       until: float | None = Query(None, ge=0, le=MAX_STREAM_SECONDS, allow_inf_nan=False,
                                                   description="only clips starting before this many seconds"),
-                      min_clips: int = Query(2, ge=1, le=100, description="a run of fewer clips with other tags "
-                                                                          "is a flicker: it joins the segment before")):
+                      min_clips: int = Query(1, ge=1, le=100, description="a run of fewer clips with other tags "
+                                                                          "is a flicker: it joins the segment before "
+                                                                          "(1: none is; the shapes world's actions "
+                                                                          "can last one clip)")):
         """Consecutive clips with the same top label in every slot, merged into segments (t0, t1, labels, mean score,
         the subtitle lines they overlap), each told as the stream's template filled with its labels."""
         from actors.sink import entry_id

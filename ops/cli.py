@@ -826,9 +826,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the subtitle lines it overlaps. --json: one JSON object per segment, as GET "
                                     "/v1/streams/{id}/summary gives them. An unknown ID exits 2.")
     su.add_argument("id", help="stream id")
-    su.add_argument("--min-clips", type=int, default=2, metavar="N",
+    su.add_argument("--min-clips", type=int, default=1, metavar="N",
                     help="a run of fewer than N clips with other tags is a flicker and joins the segment before "
-                         "(default 2; 1: every change of tags starts a segment)")
+                         "(default 1: every change of tags starts a segment; 2 or more for noisy tags)")
     su.add_argument("--since", type=_stream_seconds, default=None, metavar="S",
                     help="only clips that start after stream second S")
     su.add_argument("--json", action="store_true", help="JSON lines instead of lines for people")
