@@ -178,6 +178,8 @@ class RuleWatcher:
         fired = 0
         if tags:
             stream_rules = self._stream_rules(sorted({sid for _, sid, _ in tags}))
+            tags = [t for t in tags if self.rules or stream_rules.get(t[1])]  # streams with no rule cost one HGET
+        if tags:
             pipe = self.redis.pipeline(transaction=False)
             for _, sid, tag in tags:
                 pipe.xrange(self.keys.tags(sid), min=tag, max=tag, count=1)

@@ -254,12 +254,27 @@ def test_the_pages_search_box_finds_clips_and_a_hit_opens_its_streams_summary(se
 
     assert service.post("/v1/streams", json={"url": str(heldout(service)[2]), "stream_id": "page-search"}).status_code == 202
     assert wait_status(service, "page-search", {"finished", "failed"}, timeout=300)["status"] == "finished"
+    def indexed() -> int:
+        return service.get("/v1/search", params={"q": "x", "k": 1}).json()["indexed"]
+
+    last = [indexed()]
+
+    def settled() -> bool:  # nothing else is being indexed meanwhile
+        time.sleep(1.5)
+        now = indexed()
+        still = now == last[0]
+        last[0] = now
+        return still
+
+    wait_for(settled, 60, "the index to settle")
     api = service.get("/v1/search", params={"q": "shrink the ring", "k": 10}).json()["hits"]
     browser.get(service.url(f"/?key={API_KEY}"))
     box = browser.find_element(By.ID, "q")
     box.send_keys("shrink the ring", Key.ENTER)
     hits = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#hits .hit"), 60, "search hits on the page")
-    assert [h.get_attribute("data-stream") for h in hits] == [h["stream_id"] for h in api]
+    # the API's hits, best first (equal scores, the same clip pushed as several streams, in either order)
+    assert [round(float(h.get_attribute("data-score")), 4) for h in hits] == [h["score"] for h in api]
+    assert {h.get_attribute("data-stream") for h in hits} == {h["stream_id"] for h in api}
     # a hit's stream name opens that stream's summary: one block per segment, each told as a sentence
     mine = next(h for h in browser.find_elements(By.CSS_SELECTOR, "#hits .hit")
                 if h.get_attribute("data-stream") == api[0]["stream_id"])

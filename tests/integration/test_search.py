@@ -28,10 +28,16 @@ def indexed_codes(service) -> dict[tuple[str, str], np.ndarray]:
     return out
 
 
-def exact_top(codes: dict, query: np.ndarray, k: int, stream: str | None = None) -> list[tuple[str, str]]:
-    items = [(key, c) for key, c in codes.items() if stream is None or key[0] == stream]
-    scores = np.array([c.astype(np.float32) @ query for _, c in items])
-    return [items[i][0] for i in np.argsort(-scores, kind="stable")[:k]]
+def is_exact_top(hits: list[dict], codes: dict, query: np.ndarray, k: int, stream: str | None = None) -> bool:
+    """Whether `hits` are a top-k of the stored codes by cosine with `query` (among `stream`'s only, when given), best
+    first: their exact scores are the k best there are. Ties may come in any order: the session's other tests push
+    the same videos as other streams, whose clips have the very same codes."""
+    mine = {key: float(c.astype(np.float32) @ query) / 127 for key, c in codes.items()
+            if stream is None or key[0] == stream}
+    best = sorted(mine.values(), reverse=True)[:k]
+    got = [mine.get((h["stream_id"], h["entry"])) for h in hits]
+    return (len(got) == len(best) and None not in got and np.allclose(got, best, atol=1e-6)
+            and all(abs(h["score"] - g) < 0.01 for h, g in zip(hits, got)))
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +73,12 @@ def test_a_query_ranks_every_streams_clips_exactly_as_their_cosine_does(service,
     encoder = QueryEncoder(service.settings.model_dir)
     line = next(c.text for c in json_cues(three_files["search-2"]) if c.text)
     query = encoder([line])[0]
-    deadline, got, want = time.monotonic() + 60, None, None
-    while time.monotonic() < deadline:  # the index follows the graph within a poll
+    deadline, ok = time.monotonic() + 60, False
+    while time.monotonic() < deadline and not ok:  # the index follows the graph within a poll
         body = service.get("/v1/search", params={"q": line, "k": 5}).json()
-        got = [(h["stream_id"], h["entry"]) for h in body["hits"]]
-        want = exact_top(indexed_codes(service), query, 5)
-        if got == want:
-            break
-        time.sleep(0.5)
-    assert got == want, (got, want)
+        ok = is_exact_top(body["hits"], indexed_codes(service), query, 5)
+        time.sleep(0 if ok else 0.5)
+    assert ok, body["hits"]
     assert body["complete"] and body["indexed"] >= sum(1 for s, _ in indexed_codes(service) if s.startswith("search-"))
     hit = body["hits"][0]
     assert set(hit) == {"stream_id", "entry", "t0", "t1", "score", "at", "labels", "subtitle", "links"}
@@ -83,7 +86,8 @@ def test_a_query_ranks_every_streams_clips_exactly_as_their_cosine_does(service,
     assert 0 < hit["score"] <= 1.0 and list(hit["labels"]) == ["verb", "noun"]
     # one stream only, and a window of time that holds none of them
     only = service.get("/v1/search", params={"q": line, "k": 3, "stream": "search-0"}).json()["hits"]
-    assert [(h["stream_id"], h["entry"]) for h in only] == exact_top(indexed_codes(service), query, 3, "search-0")
+    assert {h["stream_id"] for h in only} == {"search-0"} and is_exact_top(only, indexed_codes(service), query, 3,
+                                                                          "search-0")
     assert service.get("/v1/search", params={"q": line, "until": 1.0}).json()["hits"] == []
 
 
