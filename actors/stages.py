@@ -41,19 +41,9 @@ class VideoEncoderStage:
     def spec(self):
         return self.visual.spec
 
-    def _checked(self, clips: list[np.ndarray]) -> np.ndarray:
-        expected = (self.spec.frames, self.spec.size, self.spec.size, 3)
-        for c in clips:
-            if c.shape != expected:
-                raise ValueError(f"clip of shape {c.shape}, the encoder takes {expected}")
-        return np.stack(clips)
-
-    @torch.no_grad()
     def __call__(self, clips: list[np.ndarray]) -> list[int]:
         """Visual word ids only (on-demand tagging, tests)."""
-        if not clips:
-            return []
-        return self.visual.tokens(self._checked(clips)).tolist()
+        return [e.word for e in self.encode(clips)]
 
     @torch.no_grad()
     def encode(self, clips: list[np.ndarray]) -> list[EncodedClip]:
@@ -62,7 +52,11 @@ class VideoEncoderStage:
 
         if not clips:
             return []
-        words, joint = self.visual.tokens_and_joint(self._checked(clips))
+        expected = (self.spec.frames, self.spec.size, self.spec.size, 3)
+        for c in clips:
+            if c.shape != expected:
+                raise ValueError(f"clip of shape {c.shape}, the encoder takes {expected}")
+        words, joint = self.visual.tokens_and_joint(np.stack(clips))
         return [EncodedClip(int(w), c.tobytes()) for w, c in zip(words.tolist(), quantise(joint.numpy()))]
 
 
