@@ -8,12 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 # System tools: ffmpeg serves the live test and demo streams (HLS, UDP); redis-server lets `vbs up` start its
-# own Redis; prometheus (with promtool) and chromium + chromedriver are what the metrics and page tests use.
+# own Redis; espeak-ng speaks the demo corpus's narration; prometheus (with promtool) and chromium + chromedriver are what the metrics and page tests use.
 SETUP=${VBS_SETUP:-full}
 missing=""
 command -v ffmpeg >/dev/null || missing="$missing ffmpeg"
 command -v redis-server >/dev/null || missing="$missing redis-server"
 command -v openssl >/dev/null || missing="$missing openssl"  # the TLS tests make a self-signed certificate
+command -v espeak-ng >/dev/null || missing="$missing espeak-ng"  # speaks the corpus's narration (vbs corpus make --speech)
 if [ "$SETUP" != service ]; then
   command -v promtool >/dev/null || missing="$missing prometheus"
   command -v chromium >/dev/null || missing="$missing chromium"
