@@ -77,7 +77,8 @@ class DecoderActor:
         pipeline = SnapshotTap(self._pipeline(hash(a.stream_id)), a.stream_id, self.redis, self.keys,
                                d.snapshot_width, d.snapshot_ttl_s, self.metrics)
         runner = StreamRunner(a, pipeline, self.sink, self._clip_spec(), self.settings.decoder,
-                              self.redis, self.keys, self.metrics, owner=self.name, policy=self.settings.url_policy)
+                              self.redis, self.keys, self.metrics, owner=self.name, policy=self.settings.url_policy,
+                              speech=self.settings.speech)
         with self._lock:
             self.runners[a.stream_id] = runner
         threading.Thread(target=self._run, args=(runner,), daemon=True, name=f"stream-{a.stream_id}").start()

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from actors.decoder import DecoderActor
-from actors.models import FusionActor, LanguageActor, VideoEncoderActor
+from actors.models import FusionActor, LanguageActor, SpeechActor, VideoEncoderActor
 from actors.scaling import POOLS, PoolPolicy, QueueWindow, decoders_wanted, stage_wanted
 from actors.supervisor import SupervisorActor
 from schemas.config import Settings
@@ -26,7 +26,8 @@ from schemas.config import Settings
 log = logging.getLogger(__name__)
 
 STARTING, RUNNING, DRAINING = "starting", "running", "draining"
-STAGE_CLASSES = {"video_encoder": VideoEncoderActor, "language": LanguageActor, "fusion": FusionActor}
+STAGE_CLASSES = {"video_encoder": VideoEncoderActor, "language": LanguageActor, "fusion": FusionActor,
+                 "speech": SpeechActor}  # speech only with [speech] enabled
 
 
 @dataclass
@@ -85,7 +86,12 @@ class Graph:
     @property
     def stages(self) -> dict[str, list]:
         """stage -> handles of its running replicas (what the decoders send clips to)."""
-        return {s: [r.handle for r in self.pools[s].in_state(RUNNING)] for s in STAGE_CLASSES}
+        return {s: [r.handle for r in self.pools[s].in_state(RUNNING)] for s in self.stage_names}
+
+    @property
+    def stage_names(self) -> list[str]:
+        """The model stages this graph runs (speech only when enabled)."""
+        return [s for s in STAGE_CLASSES if s in self.pools]
 
     @property
     def decoders(self) -> dict[str, object]:
@@ -216,7 +222,7 @@ class Graph:
         d = self.settings.decoder
         loads["decoder"] = (self.policies["decoder"].target if held is None
                             else decoders_wanted(held, d.streams_per_replica))
-        for s in STAGE_CLASSES:
+        for s in self.stage_names:
             cfg = getattr(self.settings, s)
             queue = sum(r.info.get("queued", 0) for r in self.pools[s].in_state(RUNNING))
             mean = self.windows[s].add(now, queue)
@@ -366,7 +372,8 @@ def start_graph(settings: Settings, name_prefix: str | None = None, ready_timeou
 
     prefix = name_prefix or settings.redis.prefix
     g = Graph(settings)
-    need = (sum(c.num_cpus * c.replicas for c in (settings.video_encoder, settings.language, settings.fusion))
+    stages = [s for s in STAGE_CLASSES if s != "speech" or settings.speech.enabled]
+    need = (sum(getattr(settings, s).num_cpus * getattr(settings, s).replicas for s in stages)
             + settings.decoder.num_cpus * settings.decoder.replicas)
     have = ray.cluster_resources().get("CPU", 0)
     if need > have:
@@ -377,7 +384,8 @@ def start_graph(settings: Settings, name_prefix: str | None = None, ready_timeou
     args = {"video_encoder": (settings.model_dir, settings.video_encoder, settings.device, settings.redis,
                               settings.minilm_dir),
             "language": (settings.model_dir, settings.language, settings.redis, settings.minilm_dir),
-            "fusion": (settings.model_dir, settings.fusion, settings.device, settings.redis, settings.minilm_dir)}
+            "fusion": (settings.model_dir, settings.fusion, settings.device, settings.redis, settings.minilm_dir),
+            "speech": (settings.model_dir, settings.speech, settings.redis, settings.minilm_dir)}
 
     def stage_maker(stage):
         cfg = getattr(settings, stage)
@@ -385,11 +393,11 @@ def start_graph(settings: Settings, name_prefix: str | None = None, ready_timeou
             num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources) or None,
             max_concurrency=1000, name=name, **opts).remote(*args[stage])
 
-    for stage in STAGE_CLASSES:
+    for stage in stages:
         g.pools[stage] = Pool(stage, getattr(settings, stage), prefix, stage_maker(stage))
         g.pools[stage].add(getattr(settings, stage).replicas)
     start = time.monotonic()
-    model_refs = [r.ready for s in STAGE_CLASSES for r in g.pools[s].replicas.values()]
+    model_refs = [r.ready for s in stages for r in g.pools[s].replicas.values()]
     try:
         ray.get(model_refs, timeout=ready_timeout)
     except ray.exceptions.GetTimeoutError as e:
@@ -411,7 +419,7 @@ def start_graph(settings: Settings, name_prefix: str | None = None, ready_timeou
     g.supervisor = ray.remote(SupervisorActor).options(num_cpus=0, max_concurrency=4, name=f"{prefix}-supervisor",
                                                        **opts).remote(settings, list(g.decoders))
     ray.get(g.supervisor.ready.remote(), timeout=ready_timeout)
-    for name in POOLS:
+    for name in (p for p in POOLS if p in g.pools):
         cfg = getattr(settings, name)
         g.policies[name] = PoolPolicy(name, cfg.min_replicas, cfg.max_replicas, cfg.replicas,
                                       settings.autoscaling.downscale_delay_s)

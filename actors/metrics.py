@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-STAGES = ("video_encoder", "language", "fusion")
+STAGES = ("video_encoder", "language", "fusion", "speech")
 POOLS = ("decoder", *STAGES)  # the graph's pools (actors/scaling.py)
 STATUSES = tuple(s.value for s in StreamStatus)
 FINAL_STATUSES = tuple(s.value for s in StreamStatus if s.terminal)
@@ -94,6 +94,15 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("vbs_pool_scale_events_total", "counter",
               "Replicas a pool of the graph added (up) or retired (down) to follow its load.",
               ("stage", "direction"), values={"stage": POOLS, "direction": ("up", "down")}),
+    MetricDef("vbs_speech_lines_total", "counter",
+              "Lines of text the speech stage recognised in streams' audio (utterances in which words were heard)."),
+    MetricDef("vbs_speech_utterances_total", "counter",
+              "Utterances the decoders cut from streams' audio and sent to the speech stage, by outcome: heard "
+              "(words came back), silent (none), failed (the stage did not answer; the clip has no text).",
+              ("outcome",), values={"outcome": ("heard", "silent", "failed")}),
+    MetricDef("vbs_speech_latency_seconds", "histogram",
+              "Speech stage latency as a stream sees it: an utterance sent (its end heard) to its text back.",
+              (), TAG_LATENCY_BUCKETS),
     MetricDef("vbs_tag_latency_seconds", "histogram",
               "End-to-end latency of live streams: end of a clip in stream time to its tag in Redis.",
               (), TAG_LATENCY_BUCKETS),

@@ -92,6 +92,20 @@ class LanguageActor(_Batched):
         return await self.batcher.submit(text)
 
 
+class SpeechActor(_Batched):
+    name = "speech"
+
+    def __init__(self, model_dir: str, settings, redis: RedisSettings | None = None, minilm_dir: str | None = None):
+        from actors.stages import SpeechStage
+
+        _setup(settings, "cpu", minilm_dir)
+        self._init_batcher(SpeechStage(model_dir, settings.recognizer), settings, redis)
+
+    async def recognise(self, samples) -> str:
+        """One utterance (int16 mono 16 kHz) -> its words ("" when nothing was heard)."""
+        return await self.batcher.submit(samples)
+
+
 class FusionActor(_Batched):
     name = "fusion"
 

@@ -29,12 +29,22 @@ class Pipeline(Protocol):
         """The clip's videobert.tagging.ClipScore if it is ready within `timeout` seconds, else None. Raises
         the stage's error."""
 
+    @property
+    def hears(self) -> bool:
+        """Whether there is a speech stage (streams without subtitles get their text from their audio)."""
+
+    def recognise(self, samples) -> Any:
+        """Start one utterance (int16 mono 16 kHz) through the speech stage: returns a handle for `transcript`."""
+
+    def transcript(self, handle: Any, timeout: float) -> str | None:
+        """The utterance's words if they are ready within `timeout` seconds, else None. Raises the stage's error."""
+
 
 class LocalPipeline:
     """The stages called in this process, one clip at a time (no batching across streams)."""
 
-    def __init__(self, video_encoder, language, fusion):
-        self.video_encoder, self.language, self.fusion = video_encoder, language, fusion
+    def __init__(self, video_encoder, language, fusion, speech=None):
+        self.video_encoder, self.language, self.fusion, self.speech = video_encoder, language, fusion, speech
 
     def submit(self, clip, context, item):
         word = self.video_encoder.encode([clip.frames])[0]
@@ -42,6 +52,16 @@ class LocalPipeline:
         return word, self.fusion([fusion_input(item, [*context, word], text)])[0]
 
     def result(self, handle, timeout):
+        return handle
+
+    @property
+    def hears(self) -> bool:
+        return self.speech is not None
+
+    def recognise(self, samples):
+        return self.speech([samples])[0]
+
+    def transcript(self, handle, timeout):
         return handle
 
 
@@ -80,3 +100,13 @@ class RayPipeline:
 
         ready, _ = ray.wait([handle], timeout=timeout)
         return ray.get(ready[0]) if ready else None
+
+    @property
+    def hears(self) -> bool:
+        return bool(self.stages.handles.get("speech"))
+
+    def recognise(self, samples):
+        return self.stages.pick("speech", self.key).recognise.remote(samples)
+
+    def transcript(self, handle, timeout):
+        return self.result(handle, timeout)

@@ -22,7 +22,7 @@ from actors.sink import Fenced, Sink
 from actors.source import TRUSTED, SourceError, SourceReader, StreamClip, sidecar_cues
 from actors.stages import FusionItem
 from actors.url_policy import scheme_of
-from schemas.config import DecoderSettings, UrlPolicy
+from schemas.config import DecoderSettings, SpeechSettings, UrlPolicy
 from schemas.state import StreamState
 from schemas.streams import BackPressure, FailureReason, StreamStatus
 from videobert.reader import ClipSpec
@@ -96,8 +96,10 @@ class StreamRunner:
     """Runs one stream until it ends, fails, is stopped or is taken away (fenced)."""
 
     def __init__(self, a: Assignment, pipeline: Pipeline, sink: Sink, spec: ClipSpec, settings: DecoderSettings,
-                 redis, keys, metrics=None, owner: str = "", policy: UrlPolicy = TRUSTED):
+                 redis, keys, metrics=None, owner: str = "", policy: UrlPolicy = TRUSTED,
+                 speech: SpeechSettings | None = None):
         self.a, self.pipeline, self.sink, self.spec, self.settings = a, pipeline, sink, spec, settings
+        self.speech = speech or SpeechSettings()  # [speech]: disabled, a stream's audio is never listened to
         self.policy = policy  # every connection the stream makes is held to it (actors.fetch)
         self.metrics = metrics  # actors.metrics.Metrics, or None (tests, benchmarks)
         self.redis, self.keys, self.owner = redis, keys, owner
@@ -181,11 +183,18 @@ class StreamRunner:
             self._last_index = None if resume_after is None else round(resume_after / self.stride)
         reader = SourceReader(self.a.url, self.spec, self.settings, stride=self.stride, resume_after=resume_after,
                               live=self.a.job.options.live, started_at=started_at, sidecar_cues=self.sidecar_cues,
-                              policy=self.policy, tls_verify=self.a.job.options.tls_verify)
+                              policy=self.policy, tls_verify=self.a.job.options.tls_verify,
+                              speech=self.pipeline if self._listens() else None,
+                              text_source=self.a.job.options.text_source or "auto", speech_settings=self.speech,
+                              metrics=self.metrics, stream_id=self.a.stream_id)
         self._reader = reader
         threading.Thread(target=self._read, args=(gen, reader), daemon=True,
                          name=f"read-{self.a.stream_id}-{gen}").start()
         return reader
+
+    def _listens(self) -> bool:
+        """Whether this stream's audio may be listened to: speech enabled and a speech stage there."""
+        return self.speech.enabled and getattr(self.pipeline, "hears", False)
 
     # -- what the stream counted, to Redis and the metrics ---------------------------------------------
     def report(self, status: StreamStatus | None = None, **fields) -> bool:
@@ -389,7 +398,7 @@ class StreamRunner:
             return
         inflight.popleft()
         latency = round(max(0.0, time.time() - clip.end_wall), 3) if clip.end_wall is not None else None
-        row = tag_result(clip.t0, clip.t1, clip.text, score, latency)
+        row = tag_result(clip.t0, clip.t1, clip.text, score, latency, clip.text_source)
         if self._durable("a clip", self.sink.commit, self.a.stream_id, self.a.token, row, score.vector):
             self.counters.clips += 1
             if self.metrics is not None:

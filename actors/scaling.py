@@ -12,7 +12,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-POOLS = ("decoder", "video_encoder", "language", "fusion")
+POOLS = ("decoder", "video_encoder", "language", "fusion", "speech")  # speech: when [speech] enabled
 
 
 def decoders_wanted(streams: int, streams_per_replica: int) -> int:

@@ -67,6 +67,16 @@ class SnapshotTap:
     def result(self, handle, timeout):
         return self.inner.result(handle, timeout)
 
+    @property
+    def hears(self) -> bool:
+        return self.inner.hears
+
+    def recognise(self, samples):
+        return self.inner.recognise(samples)
+
+    def transcript(self, handle, timeout):
+        return self.inner.transcript(handle, timeout)
+
     def _snap(self, clip) -> None:
         try:
             if not self.redis.exists(self.keys.watched(self.stream_id)):

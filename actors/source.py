@@ -15,6 +15,7 @@ import logging
 import math
 import ssl
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,11 +25,12 @@ import numpy as np
 from actors.fetch import GUARDED_SCHEMES, FetchError, PlaylistLoop, PolicyOpener, http_get
 from actors.rtsp_relay import RtspRelay
 from actors.url_policy import UrlRefused, addresses, check_url, pinned, redact, scheme_of
-from schemas.config import DecoderSettings, UrlPolicy
+from actors.speech_track import SpeechTrack
+from schemas.config import DecoderSettings, SpeechSettings, UrlPolicy
 from schemas.streams import FailureReason
 from videobert import subtitles
-from videobert.reader import (ClipCutter, ClipSpec, DecodeCounts, DecodeOptions, FrameTooLarge, demux, media_offset,
-                              text_stream)
+from videobert.reader import (AudioChunk, ClipCutter, ClipSpec, DecodeCounts, DecodeOptions, FrameTooLarge, demux,
+                              media_offset, text_stream)
 from videobert.subtitles import Cue
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ class StreamClip:
     frames: np.ndarray  # (T, H, W, 3) uint8
     text: str
     end_wall: float | None  # live: wall time the clip's last moment was on air (for latency); None for files
+    text_source: str = "none"  # where its text comes from: "subtitles", "speech" or "none" (the stream has neither)
 
 
 def decode_options(settings: DecoderSettings) -> DecodeOptions:
@@ -157,7 +160,8 @@ class SourceReader:
     def __init__(self, url: str, spec: ClipSpec, settings: DecoderSettings, *, stride: float | None = None,
                  resume_after: float | None = None, live: bool | None = None, started_at: float | None = None,
                  sidecar_cues: list[Cue] | None = None, policy: UrlPolicy = TRUSTED, tls_verify: bool = True,
-                 resolve=None):
+                 resolve=None, speech=None, text_source: str = "auto", speech_settings: SpeechSettings | None = None,
+                 metrics=None, stream_id: str = ""):
         self.url, self.spec, self.settings = url, spec, settings
         self.policy, self.tls_verify, self.resolve = policy, tls_verify, resolve  # resolve: tests' own DNS
         self.opener: PolicyOpener | None = None
@@ -173,6 +177,12 @@ class SourceReader:
         self.last_progress = time.monotonic()  # the watchdog reads this
         self.width = self.height = 0
         self.subtitle_source = "none"
+        # speech: a pipeline with a speech stage (None: none); text_source: "auto", "subtitles" or "speech"
+        self.speech, self.text_source = speech, text_source
+        self.speech_settings = speech_settings or SpeechSettings()
+        self.metrics, self.stream_id = metrics, stream_id
+        self.track: SpeechTrack | None = None
+        self._route = "none"
 
     def _open(self):
         """Open the source under the URL policy: files and HTTP(S) through a PolicyOpener (every resource FFmpeg
@@ -249,9 +259,16 @@ class SourceReader:
             self._wall_offset = float("inf")
             base = 0.0  # stream time minus media time (live: seconds since started_at, fixed at the first frame)
             counts = self.counts = DecodeCounts()
+            text, audio = self._text_route(container)
+            held: deque = deque()  # clips waiting for their speech to be recognised
             try:
-                for item in demux(container, vs, text_stream(container), counts, on_packet=self._progress,
-                                  max_pixels=self.settings.max_frame_pixels):
+                for item in demux(container, vs, text, counts, on_packet=self._progress,
+                                  max_pixels=self.settings.max_frame_pixels, audio=audio):
+                    if isinstance(item, AudioChunk):
+                        if cutter is not None or not self.live:  # live: stream time is known from the first frame
+                            self.track.push(item.t + base, item.samples)
+                            yield from self._release(held)
+                        continue
                     if isinstance(item, Cue):
                         if not embedded:
                             cues, embedded, self.subtitle_source = [], True, "embedded"
@@ -267,10 +284,21 @@ class SourceReader:
                             base = (time.time() - self.started_at) - media_t
                         cutter = self._cutter(media_t + base)
                     for index, t0, t1, arr in cutter.push(media_t + base, frame):
-                        yield self._clip(index, t0, t1, arr, cues, base)
+                        if self.track is None:
+                            yield self._clip(index, t0, t1, arr, cues, base)
+                        else:
+                            held.append((index, t0, t1, arr, base, time.monotonic()))
+                    if self.track is not None:
+                        yield from self._release(held, media_t + base)
                 if cutter is not None:
                     for index, t0, t1, arr in cutter.flush(1.0 / rate):
-                        yield self._clip(index, t0, t1, arr, cues, base)
+                        if self.track is None:
+                            yield self._clip(index, t0, t1, arr, cues, base)
+                        else:
+                            held.append((index, t0, t1, arr, base, time.monotonic()))
+                if self.track is not None:  # the end of the source: what was said last, then the clips held
+                    self.track.finish(self.speech_settings.max_hold_s)
+                    yield from self._release(held)
             except FrameTooLarge as e:
                 raise SourceError("frame_too_large", f"after {counts.frames} frames: {e}") from e
             except (av.error.FFmpegError, OSError, UrlRefused) as e:
@@ -280,6 +308,40 @@ class SourceReader:
         self._opener_failed()
         if counts.frames == 0:
             raise SourceError("no_frames", "no decodable video frames", retry=self.live)
+
+    def _text_route(self, container):
+        """(text stream, audio stream) to demux: the subtitles where the stream has them, else (or when the job
+        asks for speech) its first audio track when there is a speech stage; sets up the speech track."""
+        text = text_stream(container)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        wants = self.text_source == "speech" or (
+            self.text_source == "auto" and text is None and not self.sidecar_cues)
+        self.track = None
+        self._route = "subtitles" if text is not None or self.sidecar_cues else "none"
+        if wants and audio is not None and self.speech is not None and self.speech.hears:
+            self.subtitle_source = "speech"
+            self.track = SpeechTrack(self.speech, self.speech_settings.max_utterance_s, self.metrics, self.stream_id)
+            return None, audio
+        if wants and audio is not None and self.speech is None:
+            log.info("%s: audio and no subtitles, but no speech stage ([speech] enabled = false)", redact(self.url))
+        if self.text_source == "speech":
+            self._route = "none"
+            return None, None  # speech asked for and not possible (no audio, no stage): no text
+        return text, None
+
+    def _release(self, held: deque, now: float | None = None) -> Iterator[StreamClip]:
+        """The held clips whose text is final: the speech up to their end recognised, or held max_hold_s (live:
+        a tag late by more than that is worth less than one without its words), or the source ended."""
+        track = self.track
+        track.poll()
+        settled = track.settled()
+        hold = self.speech_settings.max_hold_s
+        while held:
+            index, t0, t1, arr, base, since = held[0]
+            if not (t1 <= settled or time.monotonic() - since >= hold or (now is not None and now - t1 >= hold)):
+                return
+            held.popleft()
+            yield self._clip(index, t0, t1, arr, track.cues, base, source="speech")
 
     def _opener_failed(self) -> None:
         """A playlist that named something the policy refused, or that loops on itself (its demuxer skips what
@@ -314,14 +376,17 @@ class SourceReader:
         windows = ((k * self.stride, k * self.stride + self.spec.seconds) for k in itertools.count(k0))
         return ClipCutter(self.spec, windows)
 
-    def _clip(self, index: int, t0: float, t1: float, arr: np.ndarray, cues: list[Cue], base: float) -> StreamClip:
+    def _clip(self, index: int, t0: float, t1: float, arr: np.ndarray, cues: list[Cue], base: float,
+              source: str | None = None) -> StreamClip:
         end_wall = None
         if self.live:  # the wall time the clip's end was on air: its media time + the smallest frame delay
             end_wall = (t1 - base) + self._wall_offset
         text = subtitles.text_in_window(cues, t0, t1)
         if len(cues) > MAX_CUES_KEPT:  # a long stream: cues that ended before this clip are never read again
             cues[:] = [c for c in cues if c.end > t0]
-        return StreamClip(self._k0 + index, round(t0, 3), round(t1, 3), arr, text, end_wall)
+        if source is None:
+            source = "subtitles" if cues else self._route
+        return StreamClip(self._k0 + index, round(t0, 3), round(t1, 3), arr, text, end_wall, source)
 
 
 def sidecar_cues(subtitles_url: str, stream_id: str, settings: DecoderSettings, policy: UrlPolicy = TRUSTED,

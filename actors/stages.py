@@ -87,6 +87,27 @@ class LanguageStage:
         return out
 
 
+class SpeechStage:
+    """Utterances (int16 mono 16 kHz sample arrays) -> their recognised words, one line each ("" when nothing
+    was heard): the recogniser of videobert/speech.py (`[speech] recognizer`, with the model's own speech language
+    model when it has one). An utterance that fails to decode is "" (logged), never a failed batch."""
+
+    def __init__(self, model_dir: str | Path | None, recognizer: str = "pocketsphinx"):
+        from videobert.speech import make_recognizer
+
+        self.recognizer = make_recognizer(recognizer, model_dir)
+
+    def __call__(self, utterances: list[np.ndarray]) -> list[str]:
+        out = []
+        for u in utterances:
+            try:
+                out.append(self.recognizer.recognise(np.asarray(u, np.int16)))
+            except Exception as e:  # noqa: BLE001 - one odd utterance is silence, not a failed batch
+                log.warning("speech: an utterance of %d samples failed to decode: %s", np.size(u), e)
+                out.append("")
+        return out
+
+
 @dataclass(frozen=True)
 class FusionItem:
     """One clip for the fusion model: its visual word with the words of earlier clips of the same stream

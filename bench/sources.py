@@ -665,7 +665,7 @@ class LiveHls(_FfmpegProcess):
 class UdpSender(_FfmpegProcess):
     """A live MPEG-TS stream of ``video`` pushed at real-time pace to ``udp://127.0.0.1:PORT`` (pkt_size 1316).
 
-    Video only. ``reencode=False`` (default): ``-c copy`` (h264_mp4toannexb is inserted automatically, so
+    Video only, unless ``audio`` (the source's first audio track too, as AAC). ``reencode=False`` (default): ``-c copy`` (h264_mp4toannexb is inserted automatically, so
     SPS/PPS travel in-band), a few % CPU per sender, but the GOP is the source's -- for the corpus MP4s the
     whole video, so a receiver joining mid-stream waits up to one video length (10-12 s) for a keyframe and
     its first ``decode()`` calls raise InvalidDataError (see the module docstring). ``reencode=True``:
@@ -679,8 +679,9 @@ class UdpSender(_FfmpegProcess):
     """
 
     def __init__(self, video: str | Path, port: int | None = None, loop: bool = True, reencode: bool = False,
-                 keyframe_seconds: float = 1.0):
+                 keyframe_seconds: float = 1.0, audio: bool = False):
         super().__init__("udp")
+        self.audio = audio
         self.video = Path(video)
         self.port = port if port is not None else free_port(socket.SOCK_DGRAM)
         self.loop = loop
@@ -707,8 +708,9 @@ class UdpSender(_FfmpegProcess):
                      "-pix_fmt", "yuv420p", "-force_key_frames", f"expr:gte(t,n_forced*{self.keyframe_seconds:g})"]
         else:
             codec = ["-c", "copy"]
+        sound = ["-map", "0:a:0", "-c:a", "aac", "-b:a", "48k"] if self.audio else []
         args = ["-re", *(["-stream_loop", "-1"] if self.loop else []), "-i", str(self.video),
-                "-map", "0:v:0", *codec, "-f", "mpegts", f"{self.url}?pkt_size=1316"]
+                "-map", "0:v:0", *codec, *sound, "-f", "mpegts", f"{self.url}?pkt_size=1316"]
         self._spawn(args)
         return self
 

@@ -35,6 +35,7 @@ class Tagger:
         from videobert.text import use_minilm
 
         use_minilm(minilm_dir)
+        self.model_dir = model_dir
         torch.set_num_threads(settings.threads)
         dev = stage_device(device, settings.num_gpus)
         self.encoder = VideoEncoderStage(model_dir, dev)
@@ -66,13 +67,15 @@ class Tagger:
 
     def _decode(self, data: bytes, max_seconds: float):
         from videobert.reader import VideoReadError, VideoTooLong, read_video
+        from videobert.speech import TextSource
 
         fd, path = tempfile.mkstemp(suffix=".video")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             try:
-                v = read_video(path, self.encoder.spec, max_pixels=self.max_frame_pixels, max_seconds=max_seconds)
+                v = read_video(path, self.encoder.spec, max_pixels=self.max_frame_pixels, max_seconds=max_seconds,
+                               text=TextSource("auto", model_dir=self.model_dir, cache=False))
             except VideoTooLong as e:
                 raise UploadError("too_long", f"the clip {e.reason}; at most {max_seconds:.0f} s can be tagged on "
                                               "demand (push longer videos as streams)", status=413) from e
@@ -112,7 +115,7 @@ class Tagger:
 
     def _tag_batch(self, requests: list[tuple]) -> list[list[dict]]:
         from actors.stages import FusionItem
-        from videobert.tagging import tag_result, with_context
+        from videobert.tagging import source_of, tag_result, with_context
 
         frames = [c.frames for v, _ in requests for c in v.clips]
         words = self.encoder(frames)
@@ -127,7 +130,8 @@ class Tagger:
         scored = self.fusion(items)
         out, k = [], 0
         for v, _ in requests:
-            out.append([tag_result(c.t0, c.t1, c.text, r).to_dict() for c, r in zip(v.clips, scored[k:k + len(v.clips)])])
+            out.append([tag_result(c.t0, c.t1, c.text, r, text_source=source_of(v.subtitle_source)).to_dict()
+                        for c, r in zip(v.clips, scored[k:k + len(v.clips)])])
             k += len(v.clips)
         return out
 

@@ -222,7 +222,9 @@ class UploadTags(BaseModel):
 
     clips: list[TagResult]
     duration: float = Field(description="seconds")
-    subtitles: Literal["embedded", "sidecar", "none"]
+    subtitles: Literal["embedded", "sidecar", "speech", "none"] = Field(
+        description="where the clips' text came from: the embedded text stream, a sidecar file, speech recognised "
+                    "in the audio (a video with audio and no subtitles), or none")
 
 
 # -- health ------------------------------------------------------------------------------------------------

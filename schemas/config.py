@@ -88,6 +88,21 @@ class StageSettings(_Pool):
     max_wait_ms: float = Field(default=20.0, ge=0, le=10_000)
 
 
+class SpeechSettings(StageSettings):
+    """The speech stage: streams with audio and no subtitle track (or `options.text_source = "speech"`) get their
+    text from speech recognition. The decoders cut each stream's audio into utterances (voice activity) and send
+    them to this pool of CPU actors; the recognised lines enter the graph where subtitle lines do. A clip's text
+    is final once the audio past its end has been heard and recognised, so a live stream's tags wait for the
+    utterance under way (up to `max_utterance_s`) and its recognition, at most `max_hold_s` in all."""
+
+    enabled: bool = True
+    recognizer: str = "pocketsphinx"  # registered in videobert/speech.py (RECOGNIZERS)
+    max_utterance_s: float = Field(default=8.0, ge=1, le=30)  # longer speech is cut into pieces this long
+    max_hold_s: float = Field(default=12.0, ge=0, le=120)  # a clip waits at most this long for its speech
+    max_batch_size: int = Field(default=4, ge=1, le=256)
+    max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
+
+
 class DecoderSettings(_Pool):
     """The decoder pool follows the streams held (running or waiting for a decoder): it wants
     ceil(streams / streams_per_replica) replicas, between min_replicas and max_replicas."""
@@ -223,6 +238,7 @@ class Settings(_Strict):
     video_encoder: StageSettings = StageSettings(max_batch_size=64)
     language: StageSettings = StageSettings(num_cpus=0.25, max_batch_size=64)
     fusion: StageSettings = StageSettings(max_batch_size=32)
+    speech: SpeechSettings = SpeechSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     autoscaling: AutoscalingSettings = AutoscalingSettings()
     api: ApiSettings = ApiSettings()
@@ -267,6 +283,21 @@ class Settings(_Strict):
 def minilm_dir_from(env: dict[str, str] | None = None) -> str | None:
     """VBS_MINILM_DIR, for the commands that run without the service's settings."""
     return (os.environ if env is None else env).get(MINILM_ENV) or None
+
+
+CACHE_DIR_ENV = "VBS_CACHE_DIR"
+
+
+def cache_dir_from(env: dict[str, str] | None = None) -> Path:
+    """Where caches of this machine's `vbs` processes go (speech transcripts): VBS_CACHE_DIR, else
+    $XDG_CACHE_HOME/vbs, else ~/.cache/vbs."""
+    env = os.environ if env is None else env
+    if env.get(CACHE_DIR_ENV):
+        return Path(env[CACHE_DIR_ENV]).expanduser()
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]).expanduser() / "vbs"
+    home = env.get("HOME")
+    return (Path(home) if home else Path.home()) / ".cache" / "vbs"
 
 
 STATE_DIR_ENV = "VBS_STATE_DIR"

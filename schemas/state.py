@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -39,11 +39,15 @@ class TagResult(BaseModel):
     embedding: list[float] | None = None  # the fused embedding, when asked for
     latency_s: float | None = None  # live sources: clip end (wall time it was on air) -> tag written
     model: str | None = None  # the model that wrote it: "name@hash" (videobert.checkpoint.model_id)
+    # where `subtitle` came from: "subtitles" (a text stream or sidecar) or "speech" (recognised in the audio);
+    # absent when the stream has neither
+    text_source: Literal["subtitles", "speech"] | None = None
 
-    _OPTIONAL: ClassVar[tuple[str, ...]] = ("embedding", "latency_s", "model")
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ("embedding", "latency_s", "model", "text_source")
 
     def to_dict(self) -> dict[str, Any]:
-        """As JSON objects carry it: `embedding`, `latency_s` and `model` only when set, `alignment` always."""
+        """As JSON objects carry it: `embedding`, `latency_s`, `model` and `text_source` only when set, `alignment`
+        always."""
         return self.model_dump(exclude={k for k in self._OPTIONAL if getattr(self, k) is None})
 
     def to_json(self) -> str:

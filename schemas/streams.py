@@ -8,7 +8,7 @@ import json
 import re
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -216,6 +216,10 @@ class StreamOptions(BaseModel):
     # certificate for this stream only (a camera with a self-signed one)
     tls_verify: bool = True
     rules: tuple[Rule, ...] = Field(default=(), max_length=MAX_RULES)  # this stream's, beside the config's
+    # where the clips' text comes from: "subtitles" (embedded text stream or sidecar), "speech" (the audio through
+    # the speech stage, even when there are subtitles), or None/"auto": subtitles where the stream has them,
+    # else speech where it has audio
+    text_source: Literal["auto", "subtitles", "speech"] | None = None
 
     @field_validator("labels")
     @classmethod

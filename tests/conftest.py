@@ -63,6 +63,8 @@ def trained_model(tmp_path_factory) -> Path:
     given = os.environ.get("VBS_TEST_MODEL")
     root = Path(given) if given else tmp_path_factory.mktemp("e2e")
     if (root / "videobert" / "pretrain_summary.json").is_file():  # the last file a complete build writes
+        if not (root / "speech" / "speech_lm.json").is_file():  # a build made before the speech language model
+            vbs("train", "speech-lm", "--data", root / "data" / "train", "--out", root, "-q")
         return root
     if given:  # an interrupted build: start over
         shutil.rmtree(root, ignore_errors=True)
@@ -75,6 +77,7 @@ def trained_model(tmp_path_factory) -> Path:
         "--branching", 24, "-q")
     vbs("train", "videobert", "--data", train, "--encoder", root / "encoder", "--vocab", root / "vocab",
         "--out", root / "videobert", "--steps", 60, "--batch-size", 16, "-q")
+    vbs("train", "speech-lm", "--data", train, "--out", root, "-q")  # the speech stage's language model
     return root
 
 

@@ -52,9 +52,11 @@ class ClipSet:
         return np.array([i for i in range(len(self)) if self.verb[i] is not None], dtype=np.int64)
 
 
-def _key(directory: Path, spec: ClipSpec, paths: list[Path], stride: float | None) -> str:
+def _key(directory: Path, spec: ClipSpec, paths: list[Path], stride: float | None, text=None) -> str:
     h = hashlib.sha256(json.dumps([CACHE_VERSION, spec.seconds, spec.frames, spec.size, BAG_CONTEXT_S, stride]
-                                    + ([spec.fit] if spec.fit != "stretch" else [])).encode())
+                                    + ([spec.fit] if spec.fit != "stretch" else [])
+                                    + ([text.key()] if text is not None and text.route != "subtitles" else [])
+                                    ).encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p.relative_to(directory)}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -64,24 +66,26 @@ def _key(directory: Path, spec: ClipSpec, paths: list[Path], stride: float | Non
 
 
 def load_clipset(directory: str | Path, spec: ClipSpec, workers: int = 1, cache: bool = True,
-                 progress: bool = True, limit: int | None = None, stride: float | None = None) -> ClipSet:
+                 progress: bool = True, limit: int | None = None, stride: float | None = None,
+                 text=None) -> ClipSet:
     """Every clip under `directory`: back-to-back windows, or one every `stride` seconds (overlapping
-    windows are how training sees each moment at several offsets)."""
+    windows are how training sees each moment at several offsets). `text`: where the clips' text comes from
+    (videobert.speech.TextSource; default: subtitles)."""
     directory = Path(directory)
     paths = list_videos(directory)[:limit]
     if not paths:
         raise FileNotFoundError(f"no videos under {directory} (looked for .mp4, .mkv, .mov, .webm, ...)")
-    cache_file = directory / ".vbs_cache" / f"clips-{_key(directory, spec, paths, stride)}.npz"
+    cache_file = directory / ".vbs_cache" / f"clips-{_key(directory, spec, paths, stride, text)}.npz"
     if cache and cache_file.is_file():
         return _load_cached(cache_file)
     if cache and stride is None:  # back-to-back clips are every k-th of a cached run with stride seconds / k
         for k in (2, 3, 4):
-            finer = directory / ".vbs_cache" / f"clips-{_key(directory, spec, paths, spec.seconds / k)}.npz"
+            finer = directory / ".vbs_cache" / f"clips-{_key(directory, spec, paths, spec.seconds / k, text)}.npz"
             if finer.is_file():
                 cs = _load_cached(finer)
                 keep = np.flatnonzero(np.abs(cs.t0 / spec.seconds - np.round(cs.t0 / spec.seconds)) < 1e-6)
                 return _subset(cs, keep)
-    read = read_corpus(directory, spec, workers=workers, progress=progress, limit=limit, stride=stride)
+    read = read_corpus(directory, spec, workers=workers, progress=progress, limit=limit, stride=stride, text=text)
     frames, meta = [], {k: [] for k in ("video", "t0", "t1", "text", "bag", "verb", "noun", "color")}
     for vi, v in enumerate(read.videos):
         for c in v.clips:

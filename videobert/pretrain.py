@@ -126,15 +126,16 @@ def train_step(model: VideoBertForPreTraining, opt: torch.optim.Optimizer, batch
 
 def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, out: str | Path,
              cfg: PretrainConfig = PretrainConfig(), device: str | torch.device | None = None, workers: int = 1,
-             progress: bool = True, restart: bool = False, init: str = "minilm") -> dict:
-    """Pretrain on every video under `data`. Resumes from `out` when it holds an unfinished run."""
+             progress: bool = True, restart: bool = False, init: str = "minilm", text=None) -> dict:
+    """Pretrain on every video under `data`. Resumes from `out` when it holds an unfinished run. `text`: where the
+    narration comes from (videobert.speech.TextSource; default: subtitles)."""
     device = pick_device(device)
     trial = PrecisionTrial(cfg.precision, device, "pretrain videobert")  # a bad setting fails here, before reading videos
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     vt = VisualTokenizer.load(encoder_dir, vocab_dir, device)
-    cs = load_clipset(data, vt.spec, workers=workers, progress=progress)
+    cs = load_clipset(data, vt.spec, workers=workers, progress=progress, text=text)
     mcfg = VideoBertConfig(visual_vocab_size=vt.vocab_size, num_layers=cfg.num_layers)
     builder = SequenceBuilder(load_tokenizer(), mcfg, cfg.max_text_tokens)
     corpus = build_corpus(cs, vt, builder, cfg, progress)
@@ -202,7 +203,8 @@ def pretrain(data: str | Path, encoder_dir: str | Path, vocab_dir: str | Path, o
             history.append({"step": step, **{k: float(np.mean(v[-cfg.checkpoint_every:])) for k, v in window.items()}})
             checkpoint()
     bar.close()
-    summary = {"steps": step, "seconds_this_run": round(time.perf_counter() - start, 1), "history": history,
+    summary = {"text_source": text.route if text is not None else "subtitles",
+               "steps": step, "seconds_this_run": round(time.perf_counter() - start, 1), "history": history,
                "videos": len(corpus.words), "pairs": len(corpus.pairs), "device": str(device),
                **trial.summary()}
     (out / "pretrain_summary.json").write_text(json.dumps(summary, indent=1))

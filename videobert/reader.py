@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -22,6 +23,9 @@ from schemas.config import MAX_FRAME_PIXELS
 from schemas.world import GroundTruth, Segment
 from videobert import subtitles
 from videobert.subtitles import Cue
+
+if TYPE_CHECKING:
+    from videobert.speech import TextSource
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +278,15 @@ def packet_cues(pkt, offset: float) -> list[Cue]:
 class DecodeCounts:
     frames: int = 0  # decoded video frames
     errors: int = 0  # packets that failed to decode (skipped)
+    audio_errors: int = 0  # audio packets or frames that failed to decode or resample (skipped)
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """Decoded audio of the track being listened to: int16 mono at 16 kHz (videobert.speech.SAMPLE_RATE)."""
+
+    t: float  # media time of its first sample
+    samples: np.ndarray
 
 
 class FrameTooLarge(ValueError):
@@ -285,18 +298,40 @@ class FrameTooLarge(ValueError):
 
 
 def demux(container, vs, text, counts: DecodeCounts, on_packet: Callable[[], None] | None = None,
-          max_pixels: int = MAX_FRAME_PIXELS) -> Iterator[tuple[float, av.VideoFrame] | Cue]:
+          max_pixels: int = MAX_FRAME_PIXELS, audio=None) -> Iterator[tuple[float, av.VideoFrame] | Cue | AudioChunk]:
     """The one demux/decode loop of every reader: (media time, frame) for each decoded video frame, in
-    decode order, and each cue of the text stream `text` (or None) as it comes. A packet that fails to
-    decode is counted and skipped; an error of the container itself (av.error.FFmpegError) is raised, and
-    FrameTooLarge for any frame over `max_pixels`, the first or the thousandth."""
+    decode order, each cue of the text stream `text` (or None) as it comes, and with an `audio` stream its
+    sound as AudioChunks (resampled in FFmpeg to 16 kHz mono). A packet that fails to decode is counted and
+    skipped (audio never fails the source: a broken track is silence); an error of the container itself
+    (av.error.FFmpegError) is raised, and FrameTooLarge for any frame over `max_pixels`, the first or the
+    thousandth."""
     offset = media_offset(vs)
     rate = float(vs.average_rate or 25)
-    for pkt in container.demux(vs, *([text] if text is not None else [])):
+    resampler = None
+    if audio is not None:
+        from videobert.speech import AudioResampler16k
+
+        resampler = AudioResampler16k()
+    streams = [vs, *([text] if text is not None else []), *([audio] if audio is not None else [])]
+    for pkt in container.demux(*streams):
         if on_packet is not None:
             on_packet()
-        if pkt.stream.type == "subtitle":
+        kind = pkt.stream.type
+        if kind == "subtitle":
             yield from packet_cues(pkt, offset)
+            continue
+        if kind == "audio":
+            try:
+                aframes = pkt.decode()
+            except (av.error.FFmpegError, ValueError):
+                counts.audio_errors += 1
+                continue
+            for af in aframes:
+                failed = resampler.failed
+                got = resampler.push(af, offset)
+                counts.audio_errors += resampler.failed - failed
+                if got is not None:
+                    yield AudioChunk(*got)
             continue
         try:
             frames = pkt.decode()
@@ -325,10 +360,12 @@ def load_truth(video: str | Path) -> GroundTruth | None:
 def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
                windows: list[tuple[float, float]] | None = None, with_text: bool = True,
                stride: float | None = None, max_pixels: int = MAX_FRAME_PIXELS,
-               max_seconds: float | None = None, decode: DecodeOptions = DecodeOptions()) -> VideoClips:
+               max_seconds: float | None = None, decode: DecodeOptions = DecodeOptions(),
+               text: TextSource | None = None) -> VideoClips:
     """Decode one video into clips: the given windows, or windows of spec.seconds every `stride` seconds
     (default: back to back). With `max_seconds`, a longer video is refused (VideoTooLong) from its declared
-    duration, or as soon as a frame past it is decoded, never after decoding all of it."""
+    duration, or as soon as a frame past it is decoded, never after decoding all of it. `text`: where the
+    clips' text comes from (videobert.speech.TextSource; default: subtitles)."""
     path = Path(path)
     truth = load_truth(path)
     try:
@@ -377,6 +414,10 @@ def read_video(path: str | Path, spec: ClipSpec = ClipSpec(),
             cues, source = subtitles.read_sidecar(sidecar), "sidecar"
         except subtitles.SubtitleError as e:
             log.warning("%s: ignoring sidecar subtitles: %s", path, e)
+    if with_text and text is not None and text.route != "subtitles" and (text.route == "speech" or not cues):
+        heard = text.transcribe(path)  # audio with no usable subtitles (auto), or speech asked for
+        if heard or text.route == "speech":
+            cues, source = heard, "speech"
     clips = [Clip(i, round(t0, 3), round(t1, 3), frames, subtitles.text_in_window(cues, t0, t1),
                   truth.segment_at((t0 + t1) / 2) if truth else None)
              for i, t0, t1, frames in sorted(raw, key=lambda r: r[0])]
@@ -398,21 +439,23 @@ class CorpusRead:
 
 
 def _read_or_error(args) -> VideoClips | VideoReadError:
-    path, spec, stride = args
+    path, spec, stride, text = args
     try:
-        return read_video(path, spec, stride=stride)
+        return read_video(path, spec, stride=stride, text=text)
     except VideoReadError as e:
         return e
 
 
 def read_corpus(directory: str | Path, spec: ClipSpec = ClipSpec(), workers: int = 1,
-                progress: bool = True, limit: int | None = None, stride: float | None = None) -> CorpusRead:
-    """Read every video under `directory`; failures are collected per file, never raised."""
+                progress: bool = True, limit: int | None = None, stride: float | None = None,
+                text: TextSource | None = None) -> CorpusRead:
+    """Read every video under `directory`; failures are collected per file, never raised. `text`: where the
+    clips' text comes from (videobert.speech.TextSource; default: subtitles)."""
     from tqdm import tqdm
 
     paths = list_videos(directory)[:limit]
     result = CorpusRead()
-    jobs = [(p, spec, stride) for p in paths]
+    jobs = [(p, spec, stride, text) for p in paths]
     bar = tqdm(total=len(jobs), desc="reading videos", unit="video", disable=not progress)
     if workers > 1:
         import multiprocessing as mp

@@ -44,11 +44,13 @@ class ClipScore:
     vector: bytes | None = None  # the clip's joint text/clip embedding as int8 (videobert.retrieval), for search
 
 
-def tag_result(t0: float, t1: float, subtitle: str, score: ClipScore, latency_s: float | None = None) -> TagResult:
-    """The tag row of one clip: the one place a row is built (`vbs tag`, the graph, uploads)."""
+def tag_result(t0: float, t1: float, subtitle: str, score: ClipScore, latency_s: float | None = None,
+               text_source: str | None = None) -> TagResult:
+    """The tag row of one clip: the one place a row is built (`vbs tag`, the graph, uploads). `text_source`: where
+    its subtitle came from ("subtitles" or "speech"; None: neither)."""
     return TagResult(t0=t0, t1=t1, labels=score.labels, alignment=score.alignment, subtitle=subtitle,
                      embedding=list(score.embedding) if score.embedding is not None else None, latency_s=latency_s,
-                     model=score.model)
+                     model=score.model, text_source=text_source if text_source in ("subtitles", "speech") else None)
 
 
 class Tagger:
@@ -65,6 +67,7 @@ class Tagger:
                              f"in {paths.vocab} has {self.visual.vocab_size}")
         self.builder = SequenceBuilder(load_tokenizer(), self.model.config, paths.max_text_tokens())
         self.context = context
+        self.model_dir = Path(model_dir)
         self.identity = model_id(model_dir)  # its id is carried by every row it tags
         self._ids: dict[LabelSet, dict[str, torch.Tensor]] = {}
         self.labels = label_sets.check(labels)  # the default template and label sets: a bad one fails now
@@ -117,9 +120,14 @@ class Tagger:
         return [ClipScore(ranked[i], alignment[i], fused[i] if embeddings else None, self.identity.id)
                 for i in range(len(words))]
 
-    def tag_video(self, path: str | Path, with_embedding: bool = False, batch_size: int = 64) -> list[TagResult]:
-        """One result per 1.5 s clip of a video."""
-        v = read_video(path, self.visual.spec)
+    def tag_video(self, path: str | Path, with_embedding: bool = False, batch_size: int = 64,
+                  text_source: str = "auto") -> list[TagResult]:
+        """One result per 1.5 s clip of a video. `text_source`: "auto" (its subtitles, else its speech), "subtitles"
+        or "speech" (its audio recognised, with the model's speech language model when it has one)."""
+        from videobert.speech import TextSource
+
+        v = read_video(path, self.visual.spec, text=TextSource(text_source, model_dir=str(self.model_dir), cache=False))
+        source = source_of(v.subtitle_source)
         if not v.clips:
             return []
         words = self.visual.tokens(np.stack([c.frames for c in v.clips])).tolist()
@@ -128,8 +136,14 @@ class Tagger:
         for s in range(0, len(ctx), batch_size):
             clips = v.clips[s:s + batch_size]
             scored = self.score(ctx[s:s + batch_size], [c.text for c in clips], embeddings=with_embedding)
-            out += [tag_result(c.t0, c.t1, c.text, r) for c, r in zip(clips, scored)]
+            out += [tag_result(c.t0, c.t1, c.text, r, text_source=source) for c, r in zip(clips, scored)]
         return out
+
+
+def source_of(subtitle_source: str) -> str | None:
+    """A reader's subtitle source ("embedded", "sidecar", "speech", "none") as a tag's text_source."""
+    return "speech" if subtitle_source == "speech" else "subtitles" if subtitle_source in ("embedded", "sidecar") \
+        else None
 
 
 def write_jsonl(rows: list[TagResult], fh) -> None:

@@ -227,8 +227,9 @@ def encoder_step(model: ClipEmbedder, opt: torch.optim.Optimizer, clips: torch.T
 
 def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig = EncoderTrainConfig(),
                   device: str | torch.device | None = None, workers: int = 1, progress: bool = True,
-                  clipset: ClipSet | None = None) -> dict:
-    """Train on every video under `data`; writes an encoder checkpoint to `out` after every epoch."""
+                  clipset: ClipSet | None = None, text=None) -> dict:
+    """Train on every video under `data`; writes an encoder checkpoint to `out` after every epoch. `text`: where
+    the narration comes from (videobert.speech.TextSource; default: subtitles)."""
     check_arch(config.arch, config.arch_config)  # before minutes of reading videos
     check_config(config)
     device = pick_device(device)
@@ -237,7 +238,7 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     cs = clipset if clipset is not None else load_clipset(data, config.spec, workers=workers, progress=progress,
-                                                          stride=config.window_stride)
+                                                          stride=config.window_stride, text=text)
     clip_bags = cs.bag if config.bag_context == BAG_CONTEXT_S else cs.bags(config.bag_context)
     usable = np.array([i for i in range(len(cs)) if clip_bags[i]], dtype=np.int64)
     if len(usable) < 2:
@@ -298,7 +299,8 @@ def train_encoder(data: str | Path, out: str | Path, config: EncoderTrainConfig 
                                                          "clips": int(len(usable)), "lines": len(lines),
                                                          "seconds": round(time.perf_counter() - start, 1)}})
     bar.close()
-    summary = {"clips": int(len(usable)), "lines": len(lines), "epochs": config.epochs, "spoken_words": len(vocab),
+    summary = {"text_source": text.route if text is not None else "subtitles",
+               "clips": int(len(usable)), "lines": len(lines), "epochs": config.epochs, "spoken_words": len(vocab),
                "final_loss": history[-1]["loss"], "seconds": round(time.perf_counter() - start, 1),
                "device": str(device), **trial.summary()}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))

@@ -44,6 +44,7 @@ def graph_settings(model_dir: Path, media_root: Path, prefix: str) -> Settings:
         "video_encoder": {"num_cpus": 1, "max_wait_ms": 5},
         "language": {"num_cpus": 0.25, "max_wait_ms": 2},
         "fusion": {"num_cpus": 1, "max_wait_ms": 5},
+        "speech": {"num_cpus": 0.5, "max_wait_ms": 2},
         "supervisor": {"heartbeat_s": 0.5, "lease_s": 4.0, "poll_ms": 100},
     })
 

@@ -284,3 +284,29 @@ def test_the_pages_search_box_finds_clips_and_a_hit_opens_its_streams_summary(se
     assert len(blocks) == len(want)
     items = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#summary li")]
     assert items and all("now let me show you how to" in x for x in items) and want[0]["sentence"] in items[0]
+
+
+def test_the_page_shows_the_lines_heard_in_a_live_streams_audio_with_their_alignment(service, browser):
+    from selenium.webdriver.common.by import By
+
+    from tests.speech_media import spoken_track, with_audio
+    from videobert.reader import load_truth
+
+    model = __import__("pathlib").Path(service.settings.model_dir)
+    video = sorted((model / "data" / "heldout").glob("shapes_*.mp4"))[4]
+    truth = load_truth(video)
+    spoken = model / "data" / "speech" / f"{video.stem}_page.mp4"  # its narration as sound, no subtitles
+    spoken.parent.mkdir(exist_ok=True)
+    if not spoken.is_file():
+        with_audio(video, spoken, spoken_track([(n.t0, n.text) for n in truth.narration], truth.duration, seed=4))
+    with UdpSender(spoken, loop=True, reencode=True, audio=True) as udp:
+        assert service.post("/v1/streams", json={"url": udp.url, "stream_id": "page-speech"}).status_code == 202
+        browser.get(service.url(f"/?key={API_KEY}"))
+        said = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, 'tr[data-stream-id="page-speech"] .said'), 120,
+                        "a line heard in the stream's audio on the page")
+        text = said[0].text
+        assert said[0].get_attribute("data-source") == "speech" and text.startswith('heard: "'), text
+        assert "alignment 0." in text or "alignment 1.00" in text, text
+        heard = set(text.split('"')[1].split())
+        assert heard & {w for n in truth.narration for w in n.text.split()}, text
+        service.delete("/v1/streams/page-speech")

@@ -43,7 +43,8 @@ def test_tag_writes_one_line_per_clip_with_the_documented_fields(model):
     rows = [json.loads(line) for line in vbs("tag", video, "--model", model).splitlines()]
     assert len(rows) == int(truth["duration"] // 1.5)
     for k, row in enumerate(rows):
-        assert set(row) == {"t0", "t1", "labels", "alignment", "subtitle", "model"}
+        assert set(row) == {"t0", "t1", "labels", "alignment", "subtitle", "model", "text_source"}
+        assert row["text_source"] == "subtitles"  # the corpus's videos carry their narration as subtitles
         assert row["model"] == model_id(model).id  # which build of which model wrote it
         assert (row["t0"], row["t1"]) == (1.5 * k, 1.5 * k + 1.5)
         assert [x["label"] for x in sorted(row["labels"]["verb"], key=lambda x: x["label"])] == sorted(world.VERBS)
