@@ -21,7 +21,8 @@ def cmd_corpus_make(a: argparse.Namespace) -> int:
     from videobert.corpus import make_corpus
 
     r = make_corpus(a.out, a.videos, seed=a.seed, workers=a.workers, container=a.container,
-                    min_seconds=a.min_seconds, max_seconds=a.max_seconds, progress=not a.quiet, vary=a.vary)
+                    min_seconds=a.min_seconds, max_seconds=a.max_seconds, progress=not a.quiet, vary=a.vary,
+                    speech=a.speech)
     print(f"wrote {r.videos} videos ({r.seconds_of_video:.0f} s of video) to {a.out} in {r.wall_seconds:.1f} s "
           f"({r.videos_per_minute:.1f} videos/min)")
     return 0
@@ -66,7 +67,8 @@ def cmd_train_encoder(a: argparse.Namespace) -> int:
         cfg.slots = {}
     elif a.slot:
         cfg.slots = _parse_slots(a.slot)
-    s = train_encoder(a.data, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet)
+    s = train_encoder(a.data, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet,
+                      text=_text_source(a))
     print(json.dumps(s, indent=1))
     return 0
 
@@ -77,6 +79,14 @@ def cmd_train_vocab(a: argparse.Namespace) -> int:
 
     s = fit_vocab(a.data, a.encoder, a.out, KMeansConfig(a.depth, a.branching, a.iters, a.seed),
                   device=a.device or "cpu", workers=a.workers, progress=not a.quiet)
+    print(json.dumps(s, indent=1))
+    return 0
+
+
+def cmd_train_speech_lm(a: argparse.Namespace) -> int:
+    from videobert.speech_lm import train_speech_lm
+
+    s = train_speech_lm(a.data, a.out, order=a.order, progress=not a.quiet)
     print(json.dumps(s, indent=1))
     return 0
 
@@ -131,9 +141,29 @@ def cmd_train_videobert(a: argparse.Namespace) -> int:
                          init_visual_from_text=not a.no_text_init, grounding_floor=a.grounding_floor,
                          precision=a.precision)
     s = pretrain(a.data, a.encoder, a.vocab, a.out, cfg, device=a.device, workers=a.workers, progress=not a.quiet,
-                 restart=a.restart)
+                 restart=a.restart, text=_text_source(a))
     print(json.dumps({k: v for k, v in s.items() if k != "history"}, indent=1))
     return 0
+
+
+def _text_source(a: argparse.Namespace):
+    from videobert.speech import TextSource, language_model_of
+
+    if a.speech_lm and language_model_of(a.speech_lm) is None:
+        raise ValueError(f"--speech-lm {a.speech_lm}: no speech language model there (speech/lm.arpa and "
+                         "speech/words.dict; vbs train speech-lm --out DIR makes them)")
+    return TextSource(a.text_source, model_dir=a.speech_lm)
+
+
+def _text_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-source", choices=("subtitles", "speech", "auto"), default="subtitles",
+                   help="where the narration comes from: subtitles (embedded text stream, else sidecar .srt/.vtt; "
+                        "default), speech (each video's audio through the speech recogniser), or auto (subtitles "
+                        "where a video has them, speech otherwise). Transcripts are cached in ~/.cache/vbs/speech "
+                        "(VBS_CACHE_DIR)")
+    p.add_argument("--speech-lm", metavar="DIR", default=None,
+                   help="with speech: a directory holding speech/lm.arpa + speech/words.dict (vbs train speech-lm) for "
+                        "the recogniser; default: PocketSphinx's general US English model")
 
 
 def _parse_slots(specs: list[str]) -> dict[str, list[str]]:
@@ -185,7 +215,7 @@ def cmd_tag(a: argparse.Namespace) -> int:
     tagger = Tagger(a.model or settings_for(a).model_dir, device=pick_device(a.device), labels=labels,
                     context=a.context)
     try:
-        rows = tagger.tag_video(a.source, with_embedding=a.embedding)
+        rows = tagger.tag_video(a.source, with_embedding=a.embedding, text_source=a.text_source)
     except VideoReadError as e:
         raise ValueError(str(e)) from None
     if a.out:
@@ -230,7 +260,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
 def cmd_train_demo(a: argparse.Namespace) -> int:
     from videobert.demo import build_demo
 
-    card = build_demo(a.out, preset=a.preset, seed=a.seed, workers=a.workers, device=a.device, force=a.force)
+    card = build_demo(a.out, preset=a.preset, seed=a.seed, workers=a.workers, device=a.device, force=a.force,
+                      text_source=a.text_source)
     print(json.dumps(card, indent=1))
     return 0
 
@@ -534,6 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--vary", action="store_true",
                     help="draw each video its own way where the spec leaves the picture open (shape proportions, "
                          "tilt, anti-aliasing, colour values, grain, compression): the same videos and narration")
+    mk.add_argument("--speech", action="store_true",
+                    help="also speak the narration (espeak-ng) into an AAC audio track, each line from its subtitle's "
+                         "start over faint background noise; the frames, subtitles and .srt stay the same, and the "
+                         ".json says which voice spoke each line when")
     mk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     mk.set_defaults(func=cmd_corpus_make)
 
@@ -558,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     te = train.add_parser("encoder", help="train the video encoder contrastively (MIL-NCE) against MiniLM subtitle embeddings",
                           description="Train a video encoder on every video under --data whose clips have narration nearby. "
                                       "Writes encoder.json + encoder.safetensors to --out after every epoch.")
-    te.add_argument("--data", required=True, help="directory of videos with subtitles")
+    te.add_argument("--data", required=True, help="directory of videos with subtitles or speech (--text-source)")
     te.add_argument("--out", required=True, help="checkpoint directory")
     te.add_argument("--arch", default="conv3d-small", help="registered video encoder (default conv3d-small)")
     te.add_argument("--arch-config", default="{}", metavar="JSON",
@@ -598,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--slot-loss mil: how much less clips whose candidate words the picture contradicts count, "
                          "from 0 (-log of the candidates' probability) to 1 (their probability); default 0.5, the "
                          "generalised cross-entropy")
+    _text_source_args(te)
     _precision_arg(te)
     te.add_argument("--seed", type=int, default=0)
     _runtime_args(te)
@@ -616,6 +652,22 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_args(tv)
     tv.set_defaults(func=cmd_train_vocab)
 
+    ts = train.add_parser("speech-lm", help="build the speech recogniser's language model and words from narration",
+                          description="Read the narration of every video under --data (a sidecar .srt/.vtt, else the "
+                                      "embedded text subtitle stream; no frame is decoded) and build an ARPA n-gram "
+                                      "language model (absolute discounting) and a pronunciation dictionary for "
+                                      "pocketsphinx: the CMU dictionary's, contractions written without their "
+                                      "apostrophe (dont, lets) as the dictionary's, other words by espeak-ng's "
+                                      "letter-to-sound rules; words with no pronunciation are left out and listed as "
+                                      "oov. Writes OUT/speech/lm.arpa, words.dict and speech_lm.json (the summary, "
+                                      "also printed). The service's speech stage uses them when its model directory "
+                                      "has them, the general US English model otherwise.")
+    ts.add_argument("--data", required=True, help="directory of videos with subtitles (embedded, or .srt/.vtt beside)")
+    ts.add_argument("--out", required=True, help="model directory (the files go under OUT/speech)")
+    ts.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    ts.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ts.set_defaults(func=cmd_train_speech_lm)
+
     td = train.add_parser("demo", help="build the default model in one command (corpus, encoder, words, VideoBERT)",
                           description="Generate a shapes-world corpus, train the encoder, fit the visual words, pretrain "
                                       "VideoBERT, and evaluate on held-out videos of another seed; writes "
@@ -631,6 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--workers", type=int, default=_workers_default())
     td.add_argument("--device", default=None)
     td.add_argument("--force", action="store_true", help="redo every step")
+    td.add_argument("--text-source", choices=("subtitles", "speech", "auto"), default="subtitles",
+                    help="where the trainers read the narration: subtitles (default), or speech: the corpora get their "
+                         "narration spoken (espeak-ng) and the models learn from what the recogniser hears in it")
     td.set_defaults(func=cmd_train_demo)
 
     tb = train.add_parser("videobert", help="pretrain VideoBERT on narration + visual words (MLM, masked words, alignment)",
@@ -638,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "words [SEP], with text MLM, masked visual-word prediction and linguistic-visual "
                                       "alignment, plus text-only and video-only sequences. Checkpoints every 250 steps "
                                       "into --out; running the same command again resumes where it stopped.")
-    tb.add_argument("--data", required=True, help="directory of videos with subtitles")
+    tb.add_argument("--data", required=True, help="directory of videos with subtitles or speech (--text-source)")
     tb.add_argument("--encoder", required=True, help="encoder checkpoint directory")
     tb.add_argument("--vocab", required=True, help="visual-word vocabulary directory")
     tb.add_argument("--out", required=True, help="checkpoint directory (resumed if it holds an unfinished run)")
@@ -653,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--grounding-floor", type=float, default=0.05, metavar="W",
                     help="masking weight of a text token the picture does not explain; grounded tokens weigh this "
                          "plus their grounding (default 0.05; a large value masks every token alike, as plain BERT)")
+    _text_source_args(tb)
     _precision_arg(tb)
     tb.add_argument("--seed", type=int, default=0)
     tb.add_argument("--restart", action="store_true", help="ignore an unfinished run in --out and start over")
@@ -674,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="earlier clips given with each clip as context, as `context_clips` in the graph (default 0: "
                          "each clip alone)")
     tg.add_argument("--embedding", action="store_true", help="add the fused embedding to each line")
+    tg.add_argument("--text-source", choices=("auto", "subtitles", "speech"), default="auto",
+                    help="where each clip's text comes from: auto (default: the subtitles, else speech recognised in "
+                         "the audio, with the model's speech language model when it has one), subtitles, or speech")
     tg.add_argument("--out", default=None, help="write JSON lines here instead of stdout")
     tg.add_argument("--device", default=None)
     tg.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP + " (its model_dir)")

@@ -17,6 +17,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # `vbs` client commands find a running `vbs up` through its run file (ops/runfile.py): the tests' commands and
 # services use a state directory of their own, never a real `vbs up`'s on this machine (nor leave files in it)
 os.environ.setdefault("VBS_STATE_DIR", tempfile.mkdtemp(prefix="vbs-test-state-"))
+# and caches (speech transcripts) of their own
+os.environ.setdefault("VBS_CACHE_DIR", tempfile.mkdtemp(prefix="vbs-test-cache-"))
 
 
 @pytest.fixture(scope="session")

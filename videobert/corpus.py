@@ -8,7 +8,15 @@ hole, the star's inner radius, the cross's arms, the square's corners, the trian
 tilt, anti-aliasing from none to 4x4 samples (`shapes.Look`); colour values up to 24 levels a channel from
 each colour's; sensor grain in about a third of the videos; x264 CRF 18-30 at two presets. These come from a
 generator of their own, so a varied corpus has the same videos, segments and narration as the plain one of its
-seed, drawn differently."""
+seed, drawn differently.
+
+With `speech`, each video also gets its narration spoken (espeak-ng, videobert.tts) as an AAC audio track: each
+line from its subtitle's t0, spoken faster when it would run into the next line (or the end) and cut there if it
+still does, over a faint background of noise (and sometimes mains hum), never digital silence. The narrator's
+voice, speeds and the background come from a generator of their own too: the frames, segments, narration and
+subtitles are the same with and without speech. The ground-truth .json says under `speech` which voice spoke
+each line and from when to when its audio runs.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ from av.subtitles.subtitle import SubtitleSet
 from tqdm import tqdm
 
 from schemas.world import GroundTruth, NarrationLine, Segment
-from videobert import shapes, world
+from videobert import shapes, tts, world
 from videobert.subtitles import Cue, format_srt
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,9 @@ RESOLUTIONS = ((320, 240), (256, 256), (384, 216), (240, 320), (426, 240), (352,
 X264_PRESETS = ("superfast", "veryfast")
 FRAME_RATES = (15, 20, 24, 25, 30)
 SUBTITLE_CODEC = {"mp4": "mov_text", "mkv": "subrip"}
+SPEECH_CODEC = "aac"
+SPEECH_BIT_RATE = 48_000
+SPEECH_GAP = 0.1  # seconds: a spoken line ends at least this long before the next one starts
 ASS_HEADER = (
     "[Script Info]\nScriptType: v4.00+\nPlayResX: 384\nPlayResY: 288\n\n[V4+ Styles]\n"
     "Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, "
@@ -168,6 +179,64 @@ def _plan_narration(rng: np.random.Generator, segments: list[PlannedSegment]) ->
     return [ln for ln in lines if ln.t1 - ln.t0 >= 0.4]
 
 
+@dataclass(frozen=True)
+class SpokenLine:
+    """One narration line as the audio track speaks it."""
+
+    voice: tts.Voice  # speed: what it was spoken at (raised from the narrator's to fit, where it had to be)
+    t0: float  # seconds: where its audio starts (its subtitle's t0)
+    t1: float  # and where it ends (its subtitle's t1 is not involved)
+    cut: bool  # still too long at tts.MAX_SPEED: cut where the next line starts (or the video ends)
+
+
+@dataclass(frozen=True, eq=False)
+class SpeechTrack:
+    samples: np.ndarray  # (N,) int16 at tts.SAMPLE_RATE, mono; N: the video's duration in samples
+    lines: tuple[SpokenLine, ...]  # one per narration line, in its order
+    noise_dbfs: float  # the background noise's RMS, dB below full scale (negative)
+    hum_hz: float | None  # mains hum, where this video has it
+    hum_dbfs: float | None
+
+    def summary(self) -> dict:
+        """What the ground-truth .json says of it (`speech`)."""
+        return {"codec": SPEECH_CODEC, "sample_rate": tts.SAMPLE_RATE, "bit_rate": SPEECH_BIT_RATE,
+                "noise_dbfs": round(self.noise_dbfs, 1), "hum_hz": self.hum_hz,
+                "hum_dbfs": None if self.hum_dbfs is None else round(self.hum_dbfs, 1),
+                "lines": [{"voice": ln.voice.name, "speed": ln.voice.speed, "pitch": ln.voice.pitch,
+                           "amplitude": ln.voice.amplitude, "t0": ln.t0, "t1": ln.t1, "cut": ln.cut}
+                          for ln in self.lines]}
+
+
+def speech_track(plan: VideoPlan) -> SpeechTrack:
+    """The plan's narration spoken by one narrator over a faint background, as long as the video. Every choice
+    is drawn up front from a generator of its own ([seed, index, 2]), so that what espeak-ng returns changes none."""
+    rng = np.random.default_rng([plan.seed, plan.index, 2])
+    narrator = tts.Voice.sample(rng)
+    voices = [replace(narrator, speed=int(narrator.speed + rng.integers(-12, 13)),
+                      pitch=int(np.clip(narrator.pitch + rng.integers(-6, 7), 0, 99))) for _ in plan.narration]
+    noise_dbfs = -float(rng.uniform(40.0, 55.0))
+    hum_hz = float((50.0, 60.0)[rng.integers(2)]) if rng.random() < 0.4 else None
+    hum_dbfs, hum_phase = -float(rng.uniform(52.0, 64.0)), float(rng.uniform(0, 2 * np.pi))
+    noise_seed = int(rng.integers(2**31))
+
+    rate, full = tts.SAMPLE_RATE, 32768.0
+    n = int(round(int(round(plan.duration * plan.fps)) / plan.fps * rate))  # as long as the video's frames
+    track = np.random.default_rng(noise_seed).normal(0.0, full * 10 ** (noise_dbfs / 20), n).astype(np.float32)
+    if hum_hz is not None:  # the fundamental and two harmonics, at hum_dbfs RMS in all
+        w = 2 * np.pi * hum_hz * np.arange(n) / rate + hum_phase
+        hum = np.sin(w) + 0.5 * np.sin(2 * w) + 0.25 * np.sin(3 * w)
+        track += (full * 10 ** (hum_dbfs / 20) / np.sqrt(np.mean(hum ** 2))) * hum.astype(np.float32)
+    lines = []
+    for k, (line, voice) in enumerate(zip(plan.narration, voices)):
+        start = int(round(line.t0 * rate))
+        end = int(round(plan.narration[k + 1].t0 * rate - SPEECH_GAP * rate)) if k + 1 < len(plan.narration) else n
+        x, used, cut = tts.speak_within(line.text, voice, (end - start) / rate)
+        track[start:start + x.size] += x
+        lines.append(SpokenLine(used, _ms(start / rate), _ms((start + x.size) / rate), cut))
+    samples = np.clip(np.round(track), -32768, 32767).astype(np.int16)
+    return SpeechTrack(samples, tuple(lines), noise_dbfs, hum_hz, hum_dbfs if hum_hz is not None else None)
+
+
 def render_frames(plan: VideoPlan):
     """Yield (frame_index, rgb uint8 (H, W, 3)) for every frame of the video.
 
@@ -204,13 +273,15 @@ def render_frames(plan: VideoPlan):
         yield i, img
 
 
-def write_video(plan: VideoPlan, out_dir: Path, container: str = "mp4") -> Path:
-    """Render, encode and write `<name>.<container>`, `<name>.srt` and `<name>.json` into out_dir."""
+def write_video(plan: VideoPlan, out_dir: Path, container: str = "mp4", speech: bool = False) -> Path:
+    """Render, encode and write `<name>.<container>`, `<name>.srt` and `<name>.json` into out_dir; `speech`:
+    with the narration spoken as an AAC audio track too (`speech_track`)."""
     if container not in SUBTITLE_CODEC:
         raise ValueError(f"container must be one of {sorted(SUBTITLE_CODEC)}, got {container!r}")
     path = out_dir / f"{plan.name}.{container}"
     tmp = out_dir / f".{plan.name}.partial.{container}"
     cues = [Cue(n.t0, n.t1, n.text) for n in plan.narration]
+    spoken = speech_track(plan) if speech else None
     with av.open(str(tmp), "w", format="mp4" if container == "mp4" else "matroska") as out:
         vs = out.add_stream("libx264", rate=plan.fps, options={"preset": plan.x264_preset, "crf": str(plan.crf),
                                                                 "threads": "1"})
@@ -218,6 +289,12 @@ def write_video(plan: VideoPlan, out_dir: Path, container: str = "mp4") -> Path:
         vs.codec_context.time_base = Fraction(1, plan.fps)
         ss = out.add_stream(SUBTITLE_CODEC[container])
         ss.codec_context.subtitle_header = ASS_HEADER
+        aus = None
+        if spoken is not None:
+            # the fast coder: a quarter of the default's time, and as good at this bit rate
+            aus = out.add_stream(SPEECH_CODEC, rate=tts.SAMPLE_RATE, options={"aac_coder": "fast"})
+            aus.codec_context.layout = "mono"
+            aus.codec_context.bit_rate = SPEECH_BIT_RATE
         out.start_encoding()  # writes the header: the subtitle stream's time base is known from here on
         pending = list(enumerate(cues))
 
@@ -234,28 +311,51 @@ def write_video(plan: VideoPlan, out_dir: Path, container: str = "mp4") -> Path:
                 pkt.duration = dur
                 out.mux(pkt)
 
+        audio_at = 0  # samples of the speech track encoded so far
+
+        def mux_audio_until(t: float) -> None:  # in whole encoder frames, the last one as short as it is
+            nonlocal audio_at
+            if aus is None:
+                return
+            size, total = aus.codec_context.frame_size, spoken.samples.size
+            until = min(total, int(round(min(t, total) * tts.SAMPLE_RATE)))
+            while audio_at < total and (audio_at + size <= until or until == total):
+                chunk = spoken.samples[audio_at:audio_at + size].astype(np.float32) / 32768.0
+                frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = tts.SAMPLE_RATE, audio_at, Fraction(1, tts.SAMPLE_RATE)
+                audio_at += chunk.size
+                for pkt in aus.encode(frame):
+                    out.mux(pkt)
+
         for i, rgb in render_frames(plan):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
             for pkt in vs.encode(frame):
                 out.mux(pkt)
             mux_subtitles_until(i / plan.fps)
+            mux_audio_until((i + 1) / plan.fps)  # the sound of this frame's time, interleaved with it
         for pkt in vs.encode():
             out.mux(pkt)
         mux_subtitles_until(float("inf"))
+        if aus is not None:
+            mux_audio_until(float("inf"))
+            for pkt in aus.encode(None):
+                out.mux(pkt)
     tmp.replace(path)
     path.with_suffix(".srt").write_text(format_srt(cues))
     gt = plan.ground_truth()
     gt_dict = gt.model_dump()
     gt_dict.update(file=path.name, container=container, subtitle_codec=SUBTITLE_CODEC[container])
+    if spoken is not None:
+        gt_dict["speech"] = spoken.summary()
     path.with_suffix(".json").write_text(json.dumps(gt_dict, indent=1))
     return path
 
 
 def _make_one(args: tuple) -> str:
-    seed, index, out_dir, container, min_s, max_s, vary = args
+    seed, index, out_dir, container, min_s, max_s, vary, speech = args
     plan = plan_video(seed, index, min_s, max_s, vary)
-    return str(write_video(plan, Path(out_dir), container))
+    return str(write_video(plan, Path(out_dir), container, speech))
 
 
 @dataclass(frozen=True)
@@ -271,16 +371,17 @@ class CorpusReport:
 
 def make_corpus(out_dir: str | Path, videos: int, seed: int = 0, workers: int = 1, container: str = "mp4",
                 min_seconds: float = 10.0, max_seconds: float = 60.0, progress: bool = True,
-                vary: bool = False) -> CorpusReport:
+                vary: bool = False, speech: bool = False) -> CorpusReport:
     """Generate `videos` shapes-world videos into out_dir (created), `workers` processes in parallel; `vary`:
-    each drawn its own way (`vary_drawing`)."""
+    each drawn its own way (`vary_drawing`); `speech`: with the narration spoken as an audio track too
+    (`speech_track`)."""
     if videos < 1:
         raise ValueError(f"videos must be >= 1, got {videos}")
     if not 1.5 <= min_seconds <= max_seconds:
         raise ValueError(f"need 1.5 <= min_seconds ({min_seconds}) <= max_seconds ({max_seconds})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, i, str(out), container, min_seconds, max_seconds, vary) for i in range(videos)]
+    jobs = [(seed, i, str(out), container, min_seconds, max_seconds, vary, speech) for i in range(videos)]
     start = time.perf_counter()
     bar = tqdm(total=videos, desc=f"corpus seed={seed}", unit="video", disable=not progress)
     if workers <= 1:
@@ -297,6 +398,6 @@ def make_corpus(out_dir: str | Path, videos: int, seed: int = 0, workers: int = 
     report = CorpusReport(videos, seconds, wall)
     (out / "corpus.json").write_text(json.dumps({
         "seed": seed, "videos": videos, "container": container, "min_seconds": min_seconds,
-        "max_seconds": max_seconds, "vary": vary, "seconds_of_video": round(seconds, 1), "wall_seconds": round(wall, 2),
+        "max_seconds": max_seconds, "vary": vary, "speech": speech, "seconds_of_video": round(seconds, 1), "wall_seconds": round(wall, 2),
         "videos_per_minute": round(report.videos_per_minute, 2)}, indent=1))
     return report

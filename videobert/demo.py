@@ -1,7 +1,8 @@
 """The demo recipe: the default model built by one command (`vbs train demo`).
 
 Steps, each skipped when its output in --out is already complete (unless force):
-  1. generate a shapes-world training corpus (seed S) and a held-out one (seed S + 1000)
+  1. generate a shapes-world training corpus (seed S) and a held-out one (seed S + 1000), and build the speech
+     recogniser's language model and dictionary from the training narration (out/speech, videobert.speech_lm)
   2. train the video encoder (MIL-NCE against MiniLM subtitle embeddings)
   3. fit the visual words (hierarchical k-means)
   4. evaluate the encoder and the words on the held-out videos
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,7 @@ from videobert.evaluate import evaluate_encoder, evaluate_held_out
 from videobert.kmeans import KMeansConfig
 from videobert.labels import DEFAULT_TEMPLATE
 from videobert.pretrain import PretrainConfig, pretrain
+from videobert.speech_lm import SPEECH_DIR, SUMMARY_FILE, train_speech_lm
 from videobert.tagging import Tagger
 from videobert.train_encoder import EncoderTrainConfig, train_encoder
 from videobert.visual_words import fit_vocab
@@ -54,11 +56,14 @@ class Preset:
     encoder_lr: float = 2e-3
     pretrain_batch: int = 32
     vary: bool = False  # the training corpus drawn each video its own way (videobert.corpus.vary_drawing)
+    # both corpora with the narration spoken as an audio track too (videobert.corpus.speech_track); off: it costs
+    # about a fifth more corpus time (docs/DEMO_WORLD.md), and training reads the subtitles, not the audio
+    speech: bool = False
 
 
 # fields added to Preset after builds were recorded without them, and what those builds did: such a build is
 # the same recipe (a field whose old behaviour differs, as slot_loss's did, is not listed: the build is refused)
-UNRECORDED_MEANT = {"clip_size": 64, "encoder_lr": 2e-3, "pretrain_batch": 32, "vary": False}
+UNRECORDED_MEANT = {"clip_size": 64, "encoder_lr": 2e-3, "pretrain_batch": 32, "vary": False, "speech": False}
 
 PRESETS = {
     # quick: what the main command builds; full: four times the distinct videos for the best model. Many short
@@ -72,13 +77,22 @@ PRESETS = {
 
 
 def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: int = 2,
-               device: str | None = None, force: bool = False) -> dict:
+               device: str | None = None, force: bool = False, text_source: str = "subtitles") -> dict:
+    """`text_source`: where the trainers read the narration: "subtitles", or "speech" (the corpora are made with
+    their narration spoken, and the encoder and VideoBERT learn from what the recogniser hears, with the speech
+    language model built from the training corpus's narration), or "auto"."""
+    from videobert.speech import TextSource
+
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    text = TextSource(text_source, model_dir=str(out))
     p = PRESETS[preset]
+    if text_source != "subtitles":
+        p = replace(p, speech=True)  # the same videos, with their narration as sound too
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    claim(out, {"preset": preset, "seed": seed, "recipe": asdict(p)})
+    recipe = asdict(p) | ({"text_source": text_source} if text_source != "subtitles" else {})
+    claim(out, {"preset": preset, "seed": seed, "recipe": recipe})
     dev = str(pick_device(device))
     train_dir, held_dir = out / "data" / "train", out / "data" / "heldout"
     enc_dir, vocab_dir = out / "encoder", out / "vocab"
@@ -87,18 +101,19 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
     def step(name: str, marker: Path, fn) -> None:
         steps.append((name, marker, fn))
 
-    train_rec = CorpusRecipe(seed, p.train_videos, p.min_seconds, p.max_seconds, p.vary)
-    held_rec = CorpusRecipe(seed + HELDOUT_SEED_OFFSET, p.heldout_videos, 10.0, 60.0)
+    train_rec = CorpusRecipe(seed, p.train_videos, p.min_seconds, p.max_seconds, p.vary, p.speech)
+    held_rec = CorpusRecipe(seed + HELDOUT_SEED_OFFSET, p.heldout_videos, 10.0, 60.0, speech=p.speech)
     step("corpus", train_dir / "corpus.json", lambda: make_corpus(
         train_dir, p.train_videos, seed=seed, workers=workers, min_seconds=p.min_seconds, max_seconds=p.max_seconds,
-        vary=p.vary))
+        vary=p.vary, speech=p.speech))
     step("heldout_corpus", held_dir / "corpus.json", lambda: make_corpus(
         held_dir, p.heldout_videos, seed=held_rec.seed, workers=workers, min_seconds=held_rec.min_seconds,
-        max_seconds=held_rec.max_seconds))
+        max_seconds=held_rec.max_seconds, speech=p.speech))
+    step("speech_lm", out / SPEECH_DIR / SUMMARY_FILE, lambda: train_speech_lm(train_dir, out))  # its narration
     enc_cfg = EncoderTrainConfig(epochs=p.encoder_epochs, precision=p.precision, slot_loss=p.slot_loss,
                                  slot_q=p.slot_q, clip_size=p.clip_size, lr=p.encoder_lr, seed=seed)
     step("encoder", enc_dir / "train_summary.json", lambda: train_encoder(train_dir, enc_dir, enc_cfg, device=dev,
-                                                                         workers=workers))
+                                                                         workers=workers, text=text))
     km_cfg = KMeansConfig(depth=p.vocab_depth, branching=p.vocab_branching, seed=seed)
     step("vocab", vocab_dir / "vocab.json", lambda: fit_vocab(train_dir, enc_dir, vocab_dir, km_cfg, device=dev,
                                                              workers=workers))
@@ -108,7 +123,7 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
     vb_dir = out / "videobert"
     pre_cfg = PretrainConfig(steps=p.pretrain_steps, batch_size=p.pretrain_batch, precision=p.precision, seed=seed)
     step("videobert", vb_dir / "pretrain_summary.json", lambda: pretrain(
-        train_dir, enc_dir, vocab_dir, vb_dir, pre_cfg, device=dev, workers=workers, restart=force))
+        train_dir, enc_dir, vocab_dir, vb_dir, pre_cfg, device=dev, workers=workers, restart=force, text=text))
     zs_path = out / "eval_zero_shot.json"
 
     def eval_zero_shot() -> None:
@@ -138,6 +153,7 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
     card = {
         "model_id": model_id(out).to_dict(),
         "preset": preset, "seed": seed, "heldout_seed": seed + HELDOUT_SEED_OFFSET, "device": dev,
+        "text_source": text_source,
         "recipe": asdict(p),
         "corpus": json.loads((train_dir / "corpus.json").read_text()),
         "encoder": json.loads((enc_dir / "train_summary.json").read_text()),

@@ -42,13 +42,14 @@ from videobert.kmeans import KMeansConfig
 from videobert.pretrain import PretrainConfig
 from videobert.train_encoder import EncoderTrainConfig
 
-STEPS = ("corpus", "heldout_corpus", "encoder", "vocab", "eval_encoder", "videobert", "eval_zero_shot")
+STEPS = ("corpus", "heldout_corpus", "speech_lm", "encoder", "vocab", "eval_encoder", "videobert", "eval_zero_shot")
 
 # seconds each step spends on what does not grow with its work (worker processes started, models and the tokenizer
 # loaded, k-means fitted): rough figures from tiny builds on a 2-core EPYC, where they are most of the time; small
 # next to the work of a real build
 SETUP_SECONDS = {"corpus": 1.0, "heldout_corpus": 1.0, "encoder": 2.5, "vocab": 0.3, "eval_encoder": 2.0,
-                 "videobert": 2.5, "eval_zero_shot": 1.5}
+                 "videobert": 2.5, "eval_zero_shot": 1.5,
+                 "speech_lm": 2.0}  # all fixed: the CMU dictionary and PyAV loaded, then ~4 ms a video (subtitles only)
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,15 @@ class Work:
 
 @dataclass(frozen=True)
 class CorpusRecipe:
-    """The videos one corpus step renders: `make_corpus(out, videos, seed, min_seconds=, max_seconds=, vary=)`."""
+    """The videos one corpus step renders: `make_corpus(out, videos, seed, min_seconds=, max_seconds=, vary=,
+    speech=)`."""
 
     seed: int
     videos: int
     min_seconds: float
     max_seconds: float
     vary: bool = False
+    speech: bool = False  # with an audio track: the calibration renders with one, so that `render` includes it
 
     def plans(self) -> tuple[VideoPlan, ...]:
         return _plans(self)
@@ -146,6 +149,7 @@ def step_work(train: CorpusRecipe, heldout: CorpusRecipe, enc: EncoderTrainConfi
     return {
         "corpus": Work(s["corpus"], {"render": pixel_frames(train_plans) / p_train}),
         "heldout_corpus": Work(s["heldout_corpus"], {"render": pixel_frames(held_plans) / p_held}),
+        "speech_lm": Work(s["speech_lm"], {}),  # the narration's subtitles read, not its frames: a fixed estimate
         "encoder": Work(s["encoder"], {"read": frames(train_plans) / p_train, "text_line": lines,
                                        "encoder_step": encoder_steps}),
         "vocab": Work(s["vocab"], {"encoder_clip": clips(train_plans)}),
@@ -246,7 +250,7 @@ def _seconds_per_call(fn, device: torch.device, calls: int = 2, budget_s: float 
     return spent / n
 
 
-def measure_video(plans: tuple[VideoPlan, ...], enc: EncoderTrainConfig) -> tuple[float, float]:
+def measure_video(plans: tuple[VideoPlan, ...], enc: EncoderTrainConfig, speech: bool = False) -> tuple[float, float]:
     """(seconds per pixel-frame rendered and encoded, seconds per frame read into clips) in this process: the
     first segment of each plan (a few seconds of video) rendered into a temporary directory, then read back as
     the encoder's training reads."""
@@ -259,7 +263,7 @@ def measure_video(plans: tuple[VideoPlan, ...], enc: EncoderTrainConfig) -> tupl
         for k, p in enumerate(plans):
             short = replace(p, name=f"calibration_{k}", segments=p.segments[:1],
                             narration=tuple(n for n in p.narration if n.segment == 0 and n.t1 <= p.segments[0].t1))
-            write_video(short, Path(tmp))
+            write_video(short, Path(tmp), speech=speech)
             frames += frames_of(short)
             pixel_frames += frames_of(short) * short.width * short.height
         render = (time.perf_counter() - t) / pixel_frames
@@ -388,7 +392,7 @@ def calibrate(train: CorpusRecipe, enc: EncoderTrainConfig, km: KMeansConfig,
     got = dict.fromkeys((f.name for f in fields(Rates)), float("nan"))
     cuda = [device.index or 0] if device.type == "cuda" else []
     parts = [(units, measure) for units, measure in (
-        (("render", "read"), lambda: measure_video(plans, enc)),
+        (("render", "read"), lambda: measure_video(plans, enc, train.speech)),
         (("encoder_step", "encoder_clip"), lambda: measure_encoder(enc, lines, device)),
         (("videobert_step", "text_line"), lambda: measure_videobert(pre, km.branching ** km.depth, lines, device)),
     ) if needs & set(units)]

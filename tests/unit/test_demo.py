@@ -18,8 +18,8 @@ def test_demo_builds_a_model_and_writes_its_card(tmp_path, monkeypatch):
     monkeypatch.setitem(demo.PRESETS, "tiny", TINY)
     card = demo.build_demo(tmp_path, preset="tiny", seed=3, workers=2, device="cpu")
     assert card["heldout_seed"] == 1003 and card["recipe"]["train_videos"] == 6
-    assert set(card["step_seconds"]) == {"corpus", "heldout_corpus", "encoder", "vocab", "eval_encoder", "videobert",
-                                         "eval_zero_shot"}
+    assert set(card["step_seconds"]) == {"corpus", "heldout_corpus", "speech_lm", "encoder", "vocab", "eval_encoder",
+                                         "videobert", "eval_zero_shot"}
     zs = card["heldout_zero_shot"]
     assert zs["n_segments"] == sum(len(json.loads(p.read_text())["segments"])
                                    for p in (tmp_path / "data" / "heldout").glob("shapes_*.json"))
@@ -41,7 +41,8 @@ def test_demo_builds_a_model_and_writes_its_card(tmp_path, monkeypatch):
     md = (tmp_path / "model_card.md").read_text()
     assert "tiny preset, seed 3" in md and "| top-1 |" in md and "word head verb" in md
     assert "| chance top-1 | 0.125 | 0.167 | 0.021 |" in md  # from the label sets' sizes
-    for part in ("encoder/encoder.safetensors", "vocab/vocab.json", "videobert/pretrain_summary.json"):
+    for part in ("encoder/encoder.safetensors", "vocab/vocab.json", "videobert/pretrain_summary.json",
+                 "speech/lm.arpa", "speech/words.dict"):
         assert (tmp_path / part).is_file(), part
 
     again = demo.build_demo(tmp_path, preset="tiny", seed=3, workers=2, device="cpu")
