@@ -36,6 +36,7 @@ from videobert.subtitles import Cue
 log = logging.getLogger(__name__)
 
 LIVE_SCHEMES = {"udp", "rtp", "srt", "rtmp", "rtmps", "rtsp", "rtsps"}
+FILE_SPEECH_WAIT_S = 120.0  # a file's clip waits at most this long (wall clock) for its speech to be recognised
 MAX_CUES_KEPT = 512  # past this many, a stream's cues that ended before its current clip are let go
 # What FFmpeg may open on behalf of each scheme: an HLS playlist cannot pull in file:// or other protocols.
 _PROTOCOLS = {
@@ -267,7 +268,8 @@ class SourceReader:
                     if isinstance(item, AudioChunk):
                         if cutter is not None or not self.live:  # live: stream time is known from the first frame
                             self.track.push(item.t + base, item.samples)
-                            yield from self._release(held)
+                            if held:
+                                yield from self._release(held, held[-1][2])
                         continue
                     if isinstance(item, Cue):
                         if not embedded:
@@ -330,15 +332,19 @@ class SourceReader:
         return text, None
 
     def _release(self, held: deque, now: float | None = None) -> Iterator[StreamClip]:
-        """The held clips whose text is final: the speech up to their end recognised, or held max_hold_s (live:
-        a tag late by more than that is worth less than one without its words), or the source ended."""
+        """The held clips whose text is final: the speech up to their end recognised; or no audio came for
+        max_hold_s of stream time (the track ended or stalled); or a clip waited max_hold_s (a live stream: a tag
+        late by more than that is worth less than one without its words; a file waits FILE_SPEECH_WAIT_S, for
+        a busy speech pool); or the source ended (`now` None: everything that is left)."""
         track = self.track
         track.poll()
         settled = track.settled()
         hold = self.speech_settings.max_hold_s
+        limit = hold if self.live else max(hold, FILE_SPEECH_WAIT_S)
+        stalled = now is not None and track.segmenter.clock + hold < now
         while held:
             index, t0, t1, arr, base, since = held[0]
-            if not (t1 <= settled or time.monotonic() - since >= hold or (now is not None and now - t1 >= hold)):
+            if not (now is None or t1 <= settled or stalled or time.monotonic() - since >= limit):
                 return
             held.popleft()
             yield self._clip(index, t0, t1, arr, track.cues, base, source="speech")

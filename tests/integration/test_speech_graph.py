@@ -54,3 +54,22 @@ def test_a_live_udp_stream_with_audio_and_no_subtitles_shows_recognised_lines(st
     heard = [r for r in rows if r["subtitle"]]
     assert heard and all(r["alignment"] is not None for r in heard)
     assert all(r["latency_s"] is not None and r["latency_s"] < 30 for r in rows)
+
+
+def test_an_upload_and_vbs_tag_with_audio_only_are_tagged_from_their_speech(service, spoken):
+    import json
+
+    from tests.conftest import vbs
+
+    video, truth = spoken
+    r = service.post("/v1/tag", data=video.read_bytes(), headers={"Content-Type": "video/mp4"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["subtitles"] == "speech"
+    assert all(c["text_source"] == "speech" for c in body["clips"])
+    said = {w for n in truth.narration for w in n.text.split()}
+    heard = {w for c in body["clips"] for w in c["subtitle"].split()}
+    assert len(heard & said) >= 0.8 * len(said), (heard, said)  # the model's own speech language model
+    rows = [json.loads(line) for line in vbs("tag", video, "--model", service.settings.model_dir).splitlines()]
+    assert [(x["t0"], x["subtitle"], x["text_source"]) for x in rows] == \
+           [(c["t0"], c["subtitle"], c["text_source"]) for c in body["clips"]]  # the same reading path

@@ -70,7 +70,7 @@ def words(tags: list[dict]) -> set[str]:
     return {w for t in tags for w in t["subtitle"].split()}
 
 
-def test_a_file_with_audio_and_no_subtitles_gets_its_text_from_speech(env, stages, media):
+def test_a_file_with_audio_and_no_subtitles_gets_its_text_from_speech(env, stages, media, trained_model):
     status, tags, runner = run(env, stages, media["speech"])
     assert status == StreamStatus.finished
     assert tags and all(t["text_source"] == "speech" for t in tags)
@@ -82,6 +82,12 @@ def test_a_file_with_audio_and_no_subtitles_gets_its_text_from_speech(env, stage
     assert len(heard - said) <= 2, (heard, said)
     assert any(t["alignment"] is not None for t in tags)  # the recognised text reached the fusion model
     assert all(t["alignment"] is None for t in tags if not t["subtitle"])
+    # each clip waited for the speech up to its end: the stream's texts are those of the whole file read at once
+    from videobert.reader import read_video
+    from videobert.speech import TextSource
+
+    offline = read_video(media["speech"], stages[0].spec, text=TextSource("speech", model_dir=str(trained_model), cache=False))
+    assert [t["subtitle"] for t in tags] == [c.text for c in offline.clips]
 
 
 def test_a_file_with_both_uses_its_subtitles_unless_the_job_asks_for_speech(env, stages, media):
