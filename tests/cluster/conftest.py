@@ -46,6 +46,9 @@ def cluster_settings(model, prefix: str):
                           "target_queue": 2, "max_wait_ms": 5},
         "language": {"num_cpus": 0.25, "max_wait_ms": 2},
         "fusion": {"num_gpus": 0.5, "num_cpus": 1, "max_wait_ms": 5},
+        # asks Ray for no CPU: it runs beside the others, so that the node counts below are the decoders' and the
+        # GPU stages' alone (the speech pool is tested in tests/integration/test_speech_*)
+        "speech": {"num_cpus": 0, "max_wait_ms": 2},
         "supervisor": {"heartbeat_s": 0.5, "lease_s": 4.0, "poll_ms": 100},
         "autoscaling": {"interval_s": 0.5, "look_back_s": 2, "downscale_delay_s": 5, "drain_timeout_s": 30},
     })

@@ -53,7 +53,7 @@ def test_vbs_up_joins_a_cluster_and_ships_its_code(trained_model, tmp_path):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=30) as r:
                 body = json.loads(r.read())
             reps = body["graph"]["replicas"]
-            assert {x["pool"] for x in reps} == {"decoder", "video_encoder", "language", "fusion"}
+            assert {x["pool"] for x in reps} == {"decoder", "video_encoder", "language", "fusion", "speech"}
             here = str(Path(__file__).resolve().parents[2])
             for x in reps:  # the code every replica runs is the job's working_dir, unpacked by Ray
                 assert "working_dir_files" in x["code"] and x["code"] != here, x

@@ -107,7 +107,7 @@ def test_the_decoder_pool_grows_with_the_streams_and_drains_back(own_graph, trai
 
     view = read_view(streams.r, streams.keys)  # what `vbs status --graph`, /readyz and the metrics read
     assert view["pools"]["decoder"]["replicas"] == 1
-    assert {x["pool"] for x in view["replicas"]} == {"decoder", "video_encoder", "language", "fusion"}
+    assert {x["pool"] for x in view["replicas"]} == {"decoder", "video_encoder", "language", "fusion", "speech"}
     assert all(x["node_id"] and x["device"] == "cpu" for x in view["replicas"]), view["replicas"]
     g.metrics.flush()
     text = render(streams.r, streams.keys).decode()
