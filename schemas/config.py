@@ -288,16 +288,21 @@ def minilm_dir_from(env: dict[str, str] | None = None) -> str | None:
 CACHE_DIR_ENV = "VBS_CACHE_DIR"
 
 
+def _user_dir(env: dict[str, str] | None, var: str, xdg_var: str, home_parts: tuple[str, ...]) -> Path:
+    """`var` when set, else `$xdg_var/vbs`, else ~/<home_parts>/vbs (the XDG base directory convention)."""
+    env = os.environ if env is None else env
+    if env.get(var):
+        return Path(env[var]).expanduser()
+    if env.get(xdg_var):
+        return Path(env[xdg_var]).expanduser() / "vbs"
+    home = env.get("HOME")
+    return (Path(home) if home else Path.home()).joinpath(*home_parts, "vbs")
+
+
 def cache_dir_from(env: dict[str, str] | None = None) -> Path:
     """Where caches of this machine's `vbs` processes go (speech transcripts): VBS_CACHE_DIR, else
     $XDG_CACHE_HOME/vbs, else ~/.cache/vbs."""
-    env = os.environ if env is None else env
-    if env.get(CACHE_DIR_ENV):
-        return Path(env[CACHE_DIR_ENV]).expanduser()
-    if env.get("XDG_CACHE_HOME"):
-        return Path(env["XDG_CACHE_HOME"]).expanduser() / "vbs"
-    home = env.get("HOME")
-    return (Path(home) if home else Path.home()) / ".cache" / "vbs"
+    return _user_dir(env, CACHE_DIR_ENV, "XDG_CACHE_HOME", (".cache",))
 
 
 STATE_DIR_ENV = "VBS_STATE_DIR"
@@ -306,13 +311,7 @@ STATE_DIR_ENV = "VBS_STATE_DIR"
 def state_dir_from(env: dict[str, str] | None = None) -> Path:
     """Where `vbs up` leaves its run file (ops/runfile.py): VBS_STATE_DIR, else $XDG_STATE_HOME/vbs, else
     ~/.local/state/vbs. A property of this machine's `vbs` processes: no actor or replica reads it."""
-    env = os.environ if env is None else env
-    if env.get(STATE_DIR_ENV):
-        return Path(env[STATE_DIR_ENV]).expanduser()
-    if env.get("XDG_STATE_HOME"):
-        return Path(env["XDG_STATE_HOME"]).expanduser() / "vbs"
-    home = env.get("HOME")
-    return (Path(home) if home else Path.home()) / ".local" / "state" / "vbs"
+    return _user_dir(env, STATE_DIR_ENV, "XDG_STATE_HOME", (".local", "state"))
 
 
 def onednn_isa_cap(env: dict[str, str] | None = None) -> str | None:

@@ -333,7 +333,8 @@ class TranscriptCache:
         lm = getattr(recognizer, "language_model", "")
         lm_stamp = ""
         if lm and lm != "general" and Path(lm).is_file():
-            lm_stamp = hashlib.sha256(Path(lm).read_bytes()).hexdigest()[:16]
+            lm_st = Path(lm).stat()
+            lm_stamp = _file_digest(str(Path(lm).resolve()), lm_st.st_size, lm_st.st_mtime_ns)
         raw = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, recognizer.name, lm_stamp])
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
@@ -357,6 +358,13 @@ class TranscriptCache:
             tmp.replace(p)
         except OSError as e:  # a cache that cannot be written costs time, not results
             log.warning("could not cache the transcript of %s: %s", path, e)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The first 16 hex digits of a file's SHA-256, read once per (path, size, mtime): a corpus's lookups all
+    name the same language model."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _cache_root() -> Path:

@@ -87,6 +87,14 @@ def keys():
         r.delete(key)
 
 
+@pytest.fixture
+def env(keys):
+    """(a client of the shared Redis, this test's own keys): what a StreamRunner run by hand needs."""
+    from actors.keys import redis_client
+
+    return redis_client(REDIS_URL), keys
+
+
 @pytest.fixture(scope="session")
 def graph(ray_local, trained_model, media):
     from actors.graph import start_graph

@@ -12,14 +12,13 @@ import uuid
 import pytest
 
 from actors.assignment import Assignment
-from actors.keys import Keys, redis_client
 from actors.pipeline import LocalPipeline
 from actors.runner import StreamRunner
 from actors.sink import Sink
 from actors.stages import FusionStage, LanguageStage, VideoEncoderStage
+from bench.sources import SilentTcpServer, UdpSender
 from schemas.config import DecoderSettings
 from schemas.streams import IngestJob, StreamStatus
-from bench.sources import SilentTcpServer, UdpSender
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def stages(trained_model):
     return VideoEncoderStage(trained_model), LanguageStage(), FusionStage(trained_model)
-
-
-@pytest.fixture
-def env():
-    keys = Keys(f"vbsrun{uuid.uuid4().hex[:8]}")
-    r = redis_client("redis://127.0.0.1:6379/0")
-    yield r, keys
-    for k in r.scan_iter(f"{keys.prefix}:*"):
-        r.delete(k)
 
 
 def runner(env, stages, url: str, pipeline=None, job=None, metrics=None, **settings) -> StreamRunner:

@@ -11,7 +11,6 @@ import uuid
 import pytest
 
 from actors.assignment import Assignment
-from actors.keys import Keys, redis_client
 from actors.pipeline import LocalPipeline
 from actors.runner import StreamRunner
 from actors.sink import Sink
@@ -43,15 +42,6 @@ def media(trained_model, tmp_path_factory):
             "both": with_audio(video, d / "both.mp4", samples, subtitles=True),
             "silent": with_audio(video, d / "silent.mp4", None),
             "broken": with_broken_audio(video, d / "broken.mkv")}
-
-
-@pytest.fixture
-def env():
-    keys = Keys(f"vbssp{uuid.uuid4().hex[:8]}")
-    r = redis_client("redis://127.0.0.1:6379/0")
-    yield r, keys
-    for k in r.scan_iter(f"{keys.prefix}:*"):
-        r.delete(k)
 
 
 def run(env, stages, url, pipeline=None, speech=None, **options) -> tuple[StreamStatus, list[dict], StreamRunner]:

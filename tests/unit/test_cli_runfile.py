@@ -21,6 +21,15 @@ def test_the_state_directory_follows_the_environment(tmp_path):
     assert runfile.state_dir_from({"VBS_STATE_DIR": "", "HOME": "/home/u"}) == Path("/home/u/.local/state/vbs")
 
 
+def test_the_cache_directory_follows_the_environment_as_the_state_directory_does(tmp_path):
+    from schemas.config import cache_dir_from
+
+    assert cache_dir_from({"VBS_CACHE_DIR": str(tmp_path), "XDG_CACHE_HOME": "/x"}) == tmp_path
+    assert cache_dir_from({"XDG_CACHE_HOME": "/x/cache", "HOME": "/home/u"}) == Path("/x/cache/vbs")
+    assert cache_dir_from({"HOME": "/home/u"}) == Path("/home/u/.cache/vbs")
+    assert cache_dir_from({"VBS_CACHE_DIR": "", "HOME": "/home/u"}) == Path("/home/u/.cache/vbs")
+
+
 @pytest.mark.parametrize("url, secret", [("redis://127.0.0.1:6379/0", False), ("redis://u@127.0.0.1:6379/0", False),
                                          ("redis://:pw@127.0.0.1:6379/0", True), ("rediss://u:pw@h:6380/0", True),
                                          ("redis://127.0.0.1:6379/0?password=pw", True)])
