@@ -22,7 +22,7 @@ def cmd_corpus_make(a: argparse.Namespace) -> int:
 
     r = make_corpus(a.out, a.videos, seed=a.seed, workers=a.workers, container=a.container,
                     min_seconds=a.min_seconds, max_seconds=a.max_seconds, progress=not a.quiet, vary=a.vary,
-                    speech=a.speech)
+                    speech=a.speech, scale=a.scale)
     print(f"wrote {r.videos} videos ({r.seconds_of_video:.0f} s of video) to {a.out} in {r.wall_seconds:.1f} s "
           f"({r.videos_per_minute:.1f} videos/min)")
     return 0
@@ -569,6 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also speak the narration (espeak-ng) into an AAC audio track, each line from its subtitle's "
                          "start over faint background noise; the frames, subtitles and .srt stay the same, and the "
                          ".json says which voice spoke each line when")
+    mk.add_argument("--scale", type=float, default=1.0,
+                    help="every frame size times this, 0.1 to 1 (default 1: 240p to 480x270; 0.5: 120p to 240x136): "
+                         "about that squared cheaper to render and encode, and the same scenes, for models that read "
+                         "small clips")
     mk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     mk.set_defaults(func=cmd_corpus_make)
 

@@ -112,10 +112,14 @@ def _ms(t: float) -> float:
 
 
 def plan_video(seed: int, index: int, min_seconds: float = 10.0, max_seconds: float = 60.0,
-               vary: bool = False) -> VideoPlan:
-    """Everything about video `index` of corpus `seed`, drawn from its own generator."""
+               vary: bool = False, scale: float = 1.0) -> VideoPlan:
+    """Everything about video `index` of corpus `seed`, drawn from its own generator; `scale` < 1: its frame
+    drawn that much smaller (each side rounded to an even number of pixels, as H.264 wants), the whole scene
+    with it (`make_corpus`)."""
     rng = np.random.default_rng([seed, index])
     width, height = RESOLUTIONS[rng.integers(len(RESOLUTIONS))]
+    if scale != 1.0:
+        width, height = (max(16, 2 * round(v * scale / 2)) for v in (width, height))
     fps = int(FRAME_RATES[rng.integers(len(FRAME_RATES))])
     bg = shapes.BACKGROUNDS[rng.integers(len(shapes.BACKGROUNDS))]
     target = rng.uniform(min_seconds, max(min_seconds, max_seconds - 4.5))
@@ -353,8 +357,8 @@ def write_video(plan: VideoPlan, out_dir: Path, container: str = "mp4", speech: 
 
 
 def _make_one(args: tuple) -> str:
-    seed, index, out_dir, container, min_s, max_s, vary, speech = args
-    plan = plan_video(seed, index, min_s, max_s, vary)
+    seed, index, out_dir, container, min_s, max_s, vary, speech, scale = args
+    plan = plan_video(seed, index, min_s, max_s, vary, scale)
     return str(write_video(plan, Path(out_dir), container, speech))
 
 
@@ -371,17 +375,20 @@ class CorpusReport:
 
 def make_corpus(out_dir: str | Path, videos: int, seed: int = 0, workers: int = 1, container: str = "mp4",
                 min_seconds: float = 10.0, max_seconds: float = 60.0, progress: bool = True,
-                vary: bool = False, speech: bool = False) -> CorpusReport:
+                vary: bool = False, speech: bool = False, scale: float = 1.0) -> CorpusReport:
     """Generate `videos` shapes-world videos into out_dir (created), `workers` processes in parallel; `vary`:
     each drawn its own way (`vary_drawing`); `speech`: with the narration spoken as an audio track too
-    (`speech_track`)."""
+    (`speech_track`); `scale`: every frame size times this (0.5: 160x120 for 320x240), which makes the corpus
+    about that squared cheaper to render and encode, for a model that reads its clips at 64x64 anyway."""
     if videos < 1:
         raise ValueError(f"videos must be >= 1, got {videos}")
+    if not 0.1 <= scale <= 1.0:
+        raise ValueError(f"scale must be between 0.1 and 1, got {scale}")
     if not 1.5 <= min_seconds <= max_seconds:
         raise ValueError(f"need 1.5 <= min_seconds ({min_seconds}) <= max_seconds ({max_seconds})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, i, str(out), container, min_seconds, max_seconds, vary, speech) for i in range(videos)]
+    jobs = [(seed, i, str(out), container, min_seconds, max_seconds, vary, speech, scale) for i in range(videos)]
     start = time.perf_counter()
     bar = tqdm(total=videos, desc=f"corpus seed={seed}", unit="video", disable=not progress)
     if workers <= 1:
@@ -398,6 +405,6 @@ def make_corpus(out_dir: str | Path, videos: int, seed: int = 0, workers: int = 
     report = CorpusReport(videos, seconds, wall)
     (out / "corpus.json").write_text(json.dumps({
         "seed": seed, "videos": videos, "container": container, "min_seconds": min_seconds,
-        "max_seconds": max_seconds, "vary": vary, "speech": speech, "seconds_of_video": round(seconds, 1), "wall_seconds": round(wall, 2),
+        "max_seconds": max_seconds, "vary": vary, "speech": speech, "scale": scale, "seconds_of_video": round(seconds, 1), "wall_seconds": round(wall, 2),
         "videos_per_minute": round(report.videos_per_minute, 2)}, indent=1))
     return report

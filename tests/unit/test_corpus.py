@@ -35,6 +35,27 @@ def test_plans_follow_the_spec():
             assert a.t1 <= b.t0, "speech lines do not overlap"
 
 
+def test_a_scaled_corpus_draws_the_same_kind_of_scene_smaller(tmp_path):
+    """scale 0.5: every frame half as wide and high (even sides, for H.264), the shapes and their moves with it;
+    the file holds frames of that size; a scale outside (0.1, 1) is refused before anything is written."""
+    for i in range(8):
+        full, half = plan_video(4, i, 10, 12), plan_video(4, i, 10, 12, scale=0.5)
+        assert (half.width, half.height) == (2 * round(full.width / 4), 2 * round(full.height / 4))
+        assert half.fps == full.fps and half.background == full.background
+        radii = [s.motion.radius / min(p.width, p.height) for p in (full, half) for s in p.segments[:1]]
+        assert radii[0] == pytest.approx(radii[1], rel=0.1)  # the same share of the frame
+    make_corpus(tmp_path / "c", 1, seed=4, min_seconds=10, max_seconds=12, progress=False, scale=0.5)
+    with av.open(str(next((tmp_path / "c").glob("*.mp4")))) as c:
+        frame = next(c.decode(video=0))
+    plan = plan_video(4, 0, 10, 12, scale=0.5)
+    assert (frame.width, frame.height) == (plan.width, plan.height)
+    assert json.loads((tmp_path / "c" / "corpus.json").read_text())["scale"] == 0.5
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="scale"):
+            make_corpus(tmp_path / f"bad{bad}", 1, scale=bad, progress=False)
+        assert not (tmp_path / f"bad{bad}").exists()
+
+
 @pytest.mark.parametrize("vary", [False, True])
 def test_rendered_frame_shows_the_acting_shape_in_its_colour(vary):
     p = plan_video(3, 0, 10, 12, vary=vary)
