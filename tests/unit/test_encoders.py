@@ -228,6 +228,27 @@ def test_fovea_encoder_shapes_and_round_trip(tmp_path, frames):
     assert spec.size == 128 and torch.allclose(model(x), loaded(x), atol=1e-5)
 
 
+def test_an_encoder_without_early_time_mixing_mixes_time_only_late_and_round_trips(tmp_path):
+    """early_time=False: the first three blocks see one frame each (a change to another frame leaves their
+    output at the first frame unchanged); the late blocks still mix time; a checkpoint rebuilds it."""
+    torch.manual_seed(0)
+    enc = build_encoder("conv3d-small", width=4, feature_dim=16, early_time=False).eval()
+    x = _clips()
+    assert enc(x).shape == (2, 16)
+    for net, mixes in ((build_encoder("conv3d-small", width=4, feature_dim=16).eval(), True), (enc, False)):
+        a = net.to_input(x)
+        b = a.clone()
+        b[:, :, 4] = 0.5 - b[:, :, 4]  # frame 4 changed (and with it the motion channels of frames 4 and 5)
+        with torch.no_grad():
+            ya, yb = net.early(net.with_motion(a)), net.early(net.with_motion(b))
+        assert torch.equal(ya[:, :, 2], yb[:, :, 2]) is not mixes  # two 3x3x3 blocks reach frame 2 from frame 4
+    model = ClipEmbedder(enc, 32).eval()
+    save_embedder(model, tmp_path, ClipSpec(frames=8, size=64))
+    loaded, _, _ = load_embedder(tmp_path)
+    assert loaded.encoder.config()["early_time"] is False
+    assert torch.allclose(model(x), loaded(x), atol=1e-5)
+
+
 def test_augment_jitters_frames_but_keeps_their_content():
     """Same generator state, same batch; a flat grey clip stays flat (its brightness scaled by 0.8-1.2); a clip
     whose left half is bright comes back mirrored in about half the batch, never anything else."""
