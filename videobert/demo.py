@@ -163,6 +163,9 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
         "heldout_zero_shot": json.loads(zs_path.read_text()),
         "step_seconds": {**previous.get("step_seconds", {}), **timings},
     }
+    lm_summary = out / SPEECH_DIR / SUMMARY_FILE
+    if lm_summary.is_file():  # the speech recogniser's language model (videobert.speech_lm)
+        card["speech_lm"] = json.loads(lm_summary.read_text())
     estimate = clock.record(timings) if clock else previous.get("estimate")  # a build with nothing to do keeps it
     if estimate:
         card["estimate"] = estimate
@@ -251,7 +254,14 @@ def model_card_markdown(card: dict) -> str:
               "Word head: the encoder's spoken-word head read as a classifier of each labelled clip's verb and "
               "noun, before any visual words; slot: its verb and noun heads, whose predictions the visual words "
               "quantise.", "",
-              *zs_lines, "## Time per step (seconds)", ""]
+              *zs_lines]
+    if "speech_lm" in card:
+        lm = card["speech_lm"]
+        lines += ["## Speech recogniser's language model", "",
+                  f"A trigram model of the training narration for PocketSphinx (`speech/lm.arpa`, `speech/words.dict`): "
+                  f"{lm['lines']} lines ({lm['distinct_lines']} distinct), {lm['words']} words, a vocabulary of "
+                  f"{lm['vocabulary']}; {len(lm.get('oov', []))} word(s) without a pronunciation left out.", ""]
+    lines += ["## Time per step (seconds)", ""]
     lines += [f"- {k}: {v}" for k, v in card["step_seconds"].items()]
     if "estimate" in card:  # what `vbs train demo` said before these steps ran
         e = card["estimate"]

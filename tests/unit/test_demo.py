@@ -41,6 +41,9 @@ def test_demo_builds_a_model_and_writes_its_card(tmp_path, monkeypatch):
     md = (tmp_path / "model_card.md").read_text()
     assert "tiny preset, seed 3" in md and "| top-1 |" in md and "word head verb" in md
     assert "| chance top-1 | 0.125 | 0.167 | 0.021 |" in md  # from the label sets' sizes
+    lm = card["speech_lm"]  # the speech recogniser's language model, built from the 6 videos' narration
+    assert lm["videos"] == 6 and lm["lines"] > 0 and lm == json.loads((tmp_path / "speech" / "speech_lm.json").read_text())
+    assert f"{lm['lines']} lines ({lm['distinct_lines']} distinct), {lm['words']} words" in md
     for part in ("encoder/encoder.safetensors", "vocab/vocab.json", "videobert/pretrain_summary.json",
                  "speech/lm.arpa", "speech/words.dict"):
         assert (tmp_path / part).is_file(), part
