@@ -132,7 +132,8 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
     step("eval_zero_shot", zs_path, eval_zero_shot)
 
     todo = [name for name, marker, _ in steps if force or not marker.is_file()]
-    clock = estimate_build(todo, train_rec, held_rec, enc_cfg, km_cfg, pre_cfg, workers, dev) if todo else None
+    clock = estimate_build(todo, train_rec, held_rec, enc_cfg, km_cfg, pre_cfg, workers, dev,
+                           listen=text_source == "speech") if todo else None
     timings: dict[str, float] = {}
     for name, marker, fn in steps:
         if name not in todo:
@@ -175,13 +176,15 @@ def build_demo(out: str | Path, preset: str = "quick", seed: int = 0, workers: i
 
 
 def estimate_build(todo: list[str], train: CorpusRecipe, heldout: CorpusRecipe, enc: EncoderTrainConfig,
-                   km: KMeansConfig, pre: PretrainConfig, workers: int, device: str) -> BuildClock | None:
-    """Measure this machine (a few seconds) and log how long the steps in `todo` will take; None, with a
-    warning, when it cannot be measured (the build goes on without an estimate)."""
+                   km: KMeansConfig, pre: PretrainConfig, workers: int, device: str,
+                   listen: bool = False) -> BuildClock | None:
+    """Measure this machine (a few seconds) and log how long the steps in `todo` will take (`listen`: the build
+    transcribes its training videos); None, with a warning, when it cannot be measured (the build goes on without
+    an estimate)."""
     log.info("timing a few steps of each kind to estimate how long this build takes ...")
     t = time.perf_counter()
     try:
-        work = step_work(train, heldout, enc, km, pre, workers)
+        work = step_work(train, heldout, enc, km, pre, workers, listen=listen)
         rates = calibrate(train, enc, km, pre, device, needs=needed_units(work, todo), progress=True)
     except (OSError, RuntimeError, ValueError) as e:
         log.warning("no estimate of the build's time: %s: %s", type(e).__name__, e)

@@ -8,6 +8,7 @@ Each step's work is counted up front from the recipe, in units whose cost on thi
   encoder_clip    clips through the encoder in eval mode (visual words, evaluations)
   videobert_step  VideoBERT training steps
   text_line       sequences through a MiniLM-sized BERT, forward only (narration embeddings, zero-shot scoring)
+  listen          seconds of audio recognised (a build that trains from speech transcribes its training videos)
 
 The videos are planned exactly as the corpus step will render them (`plan_video` is cheap and deterministic),
 so the seconds of video, frames, clips, narration lines and training steps are known before a frame is drawn.
@@ -62,6 +63,7 @@ class Rates:
     encoder_clip: float
     videobert_step: float
     text_line: float
+    listen: float = float("nan")  # only a build that trains from speech needs it
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,9 @@ def processes(workers: int, videos: int) -> int:
 
 
 def step_work(train: CorpusRecipe, heldout: CorpusRecipe, enc: EncoderTrainConfig, km: KMeansConfig,
-              pre: PretrainConfig, workers: int) -> dict[str, Work]:
-    """The work of every step of a demo build, counted from the plans of its videos."""
+              pre: PretrainConfig, workers: int, listen: bool = False) -> dict[str, Work]:
+    """The work of every step of a demo build, counted from the plans of its videos; `listen`: the encoder's step
+    transcribes the training videos' audio (the build trains from speech; VideoBERT reads the cached transcripts)."""
     train_plans, held_plans = train.plans(), heldout.plans()
     spec = enc.spec
     p_train, p_held = processes(workers, train.videos), processes(workers, heldout.videos)
@@ -151,7 +154,8 @@ def step_work(train: CorpusRecipe, heldout: CorpusRecipe, enc: EncoderTrainConfi
         "heldout_corpus": Work(s["heldout_corpus"], {"render": pixel_frames(held_plans) / p_held}),
         "speech_lm": Work(s["speech_lm"], {}),  # the narration's subtitles read, not its frames: a fixed estimate
         "encoder": Work(s["encoder"], {"read": frames(train_plans) / p_train, "text_line": lines,
-                                       "encoder_step": encoder_steps}),
+                                       "encoder_step": encoder_steps,
+                                       **({"listen": sum(p.duration for p in train_plans) / p_train} if listen else {})}),
         "vocab": Work(s["vocab"], {"encoder_clip": clips(train_plans)}),
         # held-out clips through the trained and the untrained encoder, the training clips through the untrained one
         "eval_encoder": Work(s["eval_encoder"], {"read": frames(held_plans) / p_held, "text_line": queries,
@@ -215,12 +219,12 @@ class BuildClock:
 
     def record(self, actual: dict[str, float]) -> dict:
         """What the model card keeps of the estimate (`estimate`): the first estimate per step and in all, what
-        each step then took, and the calibration behind it (its seconds and rates)."""
+        each step then took, and the calibration behind it (its seconds, and the rates it measured)."""
         return {"steps": self.first, "total_seconds": round(sum(self.first.values()), 1),
                 "actual_seconds": {k: actual[k] for k in self.first if k in actual},
                 "calibration_seconds": round(self.calibration_seconds, 1),
-                "rates": {k: (float(f"{v:.4g}") if math.isfinite(v) else None)
-                          for k, v in asdict(self.calibrated).items()}}
+                "rates": {k: float(f"{v:.4g}") for k, v in asdict(self.calibrated).items()
+                          if math.isfinite(v)}}  # a unit no step left to do needed is not measured
 
 
 # -- calibration ------------------------------------------------------------------------------------------
@@ -271,6 +275,31 @@ def measure_video(plans: tuple[VideoPlan, ...], enc: EncoderTrainConfig, speech:
         read_corpus(tmp, enc.spec, workers=1, progress=False, stride=enc.window_stride)
         read = (time.perf_counter() - t) / frames
     return render, read
+
+
+# how much faster PocketSphinx recognises the shapes world's narration with the build's own language model (built
+# in the build's speech_lm step, after this calibration) than with its general model, which the calibration has:
+# 0.05 against 0.27 s a second of audio on a 2-core AMD EPYC (docs/MEASURED.md)
+OWN_LM_SPEEDUP = 0.05 / 0.27
+
+
+def measure_listening(plan: VideoPlan) -> float:
+    """Seconds per second of audio recognised in this process, as a build that trains from speech transcribes: the
+    first segments of `plan` (about 6 s) rendered with their narration spoken, read and recognised with PocketSphinx's general
+    model (scaled by OWN_LM_SPEEDUP to the build's own language model)."""
+    from videobert.corpus import write_video
+    from videobert.speech import make_recognizer, read_audio, transcribe
+
+    k = next((i + 1 for i, seg in enumerate(plan.segments) if seg.t1 >= 6.0), len(plan.segments))  # about 6 s
+    end = plan.segments[k - 1].t1
+    short = replace(plan, name="calibration_speech", segments=plan.segments[:k],
+                    narration=tuple(n for n in plan.narration if n.segment < k and n.t1 <= end))
+    recognizer = make_recognizer("pocketsphinx")
+    with tempfile.TemporaryDirectory(prefix="vbs-eta-") as tmp:
+        path = write_video(short, Path(tmp), speech=True)
+        t = time.perf_counter()
+        transcribe(read_audio(str(path)), recognizer)
+        return (time.perf_counter() - t) / short.duration * OWN_LM_SPEEDUP
 
 
 def encoder_probe(enc: EncoderTrainConfig, lines: list[str], device: torch.device, batch: int):
@@ -393,6 +422,7 @@ def calibrate(train: CorpusRecipe, enc: EncoderTrainConfig, km: KMeansConfig,
     cuda = [device.index or 0] if device.type == "cuda" else []
     parts = [(units, measure) for units, measure in (
         (("render", "read"), lambda: measure_video(plans, enc, train.speech)),
+        (("listen",), lambda: (measure_listening(plans[0]),)),
         (("encoder_step", "encoder_clip"), lambda: measure_encoder(enc, lines, device)),
         (("videobert_step", "text_line"), lambda: measure_videobert(pre, km.branching ** km.depth, lines, device)),
     ) if needs & set(units)]

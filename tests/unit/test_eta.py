@@ -84,6 +84,20 @@ def test_the_work_of_a_recipe_follows_its_videos_epochs_and_steps():
     assert one["corpus"].units["render"] == pytest.approx(2 * small["corpus"].units["render"])
 
 
+def test_a_build_that_trains_from_speech_counts_its_transcription():
+    """A build with --text-source speech recognises every training video's audio in its encoder step (per worker
+    process); a build from subtitles listens to nothing."""
+    train, heldout = eta.CorpusRecipe(0, 40, 10.0, 30.0, speech=True), eta.CorpusRecipe(1000, 5, 10.0, 60.0)
+    args = (train, heldout, EncoderTrainConfig(), KMeansConfig(depth=2, branching=12), PretrainConfig(steps=10), 2)
+    heard, read = eta.step_work(*args, listen=True), eta.step_work(*args)
+    seconds = sum(p.duration for p in train.plans())
+    assert heard["encoder"].units["listen"] == pytest.approx(seconds / 2)
+    assert "listen" not in read["encoder"].units and eta.needed_units(read, list(read)) == eta.needed_units(
+        heard, list(heard)) - {"listen"}
+    rates = eta.Rates(**{**vars(RATES), "listen": 0.01})
+    assert heard["encoder"].seconds(rates) - read["encoder"].seconds(rates) == pytest.approx(0.01 * seconds / 2)
+
+
 def test_an_estimate_for_a_recipe_is_its_work_at_the_rates():
     work = _work_of(40, epochs=4, steps=100)
     clock = eta.BuildClock(work, list(eta.STEPS), RATES)
