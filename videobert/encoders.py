@@ -45,7 +45,9 @@ class VideoEncoder(nn.Module):
 
     @staticmethod
     def to_input(clips: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) centred on zero."""
+        """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) centred on zero, laid out channels-last-3d: the
+        clips' own memory order, so no copy but the conversion to float (the layout oneDNN's 3D convolutions
+        want; a contiguous input costs them a copy of their own)."""
         if clips.dim() != 5 or clips.shape[-1] != 3:
             raise ValueError(f"clips must be (B, T, H, W, 3), got {tuple(clips.shape)}")
         return clips.permute(0, 4, 1, 2, 3).float().div_(255.0).sub_(0.5)
@@ -53,24 +55,28 @@ class VideoEncoder(nn.Module):
     @staticmethod
     def with_motion(x: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> (B, 6, T, H, W): colour plus the change since the previous frame, so what
-        moves stands out from what stays still (the first frame's change is zero)."""
+        moves stands out from what stays still (the first frame's change is zero). Channels-last-3d, like
+        `to_input`, filled in place: converting a contiguous result for the first convolution took a sixth
+        of a float32 training step."""
         b, c, t, h, w = x.shape
-        out = x.new_empty(b, 2 * c, t, h, w)  # filled in place: a third faster than concatenating
+        out = torch.empty((b, 2 * c, t, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
         out[:, :c] = x
         out[:, c:, :1] = 0
         torch.sub(x[:, :, 1:], x[:, :, :-1], out=out[:, c:, 1:])
         return out
 
     @staticmethod
-    def change_energy(x: torch.Tensor) -> torch.Tensor:
+    def change_energy(x: torch.Tensor, motion: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, T, H, W) -> (B, H, W): how much each place changes over the clip (absolute frame-to-frame
-        change, summed over colour and time)."""
-        return (x[:, :, 1:] - x[:, :, :-1]).abs().sum(dim=(1, 2))
+        change, summed over colour and time). `motion`: the clip's `with_motion`, whose change channels are
+        those differences already."""
+        diff = motion[:, x.shape[1]:, 1:] if motion is not None else x[:, :, 1:] - x[:, :, :-1]
+        return diff.abs().sum(dim=(1, 2))
 
 
 def _block(cin: int, cout: int, kernel, stride, padding) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm3d(cout),
-                         nn.ReLU(inplace=True))
+                  nn.ReLU(inplace=True))
 
 
 @register("conv3d-small")
@@ -111,11 +117,12 @@ class Conv3DEncoder(VideoEncoder):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         x = self.to_input(clips)
-        mid = self.early(self.with_motion(x) if self.motion else x)  # (B, 4w, T, h, w)
+        moving = self.with_motion(x) if self.motion else None
+        mid = self.early(moving if self.motion else x)  # (B, 4w, T, h, w)
         pooled = [self.late(mid)]
         if self.score is not None:
             # prior: how much each place changes over the clip, at the map's resolution
-            energy = self.change_energy(x)  # (B, H, W)
+            energy = self.change_energy(x, moving)  # (B, H, W)
             energy = nn.functional.adaptive_avg_pool2d(energy, mid.shape[-2:])  # (B, h, w)
             energy = energy / energy.flatten(1).sum(1).clamp(min=1e-6)[:, None, None]
             logits = self.score(mid).squeeze(1) + torch.log(energy + 1e-3)[:, None]  # (B, T, h, w)

@@ -28,6 +28,22 @@ def test_motion_channels_are_frame_differences():
     assert torch.equal(m[:, 3:, 2], x[:, :, 2] - x[:, :, 1])
 
 
+def test_the_network_input_is_built_channels_last_and_changes_nothing():
+    """The clips' memory order is channels-last-3d: the motion input is built in that layout (a contiguous one cost
+    the first convolution a copy, a sixth of a float32 training step), and the features are those of the
+    same input laid out contiguously; the attention prior's change energy is the motion channels' own."""
+    clips = _clips(3)
+    x = VideoEncoder.to_input(clips)
+    moving = VideoEncoder.with_motion(x)
+    assert moving.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(VideoEncoder.change_energy(x, moving), VideoEncoder.change_energy(x.contiguous()), atol=1e-4)
+    torch.manual_seed(0)
+    net = Conv3DEncoder(width=4, feature_dim=16).eval()
+    with torch.no_grad():
+        mid = net.early(moving)
+        assert torch.allclose(mid, net.early(moving.contiguous()), atol=1e-6)
+
+
 def test_bad_input_shape_names_the_shape():
     with pytest.raises(ValueError, match=r"\(B, T, H, W, 3\), got \(2, 8, 64, 64\)"):
         VideoEncoder.to_input(torch.zeros(2, 8, 64, 64, dtype=torch.uint8))
