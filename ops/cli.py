@@ -904,6 +904,25 @@ MODEL_COMMANDS = {cmd_train_encoder, cmd_eval_encoder, cmd_train_videobert, cmd_
                   cmd_train_demo}
 
 
+def _restart_with_tuned_malloc() -> None:
+    """Start this `vbs` again, the same process (exec), with glibc's malloc set to keep large blocks
+    (schemas.config.MALLOC_TUNABLES), before anything is allocated: glibc reads its tunables only at start. The
+    processes it starts (corpus workers, Ray) inherit them. VBS_MALLOC=system leaves malloc as it is."""
+    import platform
+
+    from schemas.config import tuned_malloc_env
+
+    try:
+        env = tuned_malloc_env(libc=platform.libc_ver()[0])
+    except ValueError as e:
+        print(f"vbs: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if env is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
@@ -912,6 +931,8 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done; 1 the service cannot be reached (Redis refused, timed out, failed) or an unexpected
     error; 2 bad input (arguments, files, config, an unknown stream); 130 Ctrl-C. Errors are one line on stderr;
     -v adds the traceback of an unexpected one."""
+    if argv is None:  # the console script itself, not a caller in this process
+        _restart_with_tuned_malloc()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

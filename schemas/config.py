@@ -314,6 +314,29 @@ def state_dir_from(env: dict[str, str] | None = None) -> Path:
     return _user_dir(env, STATE_DIR_ENV, "XDG_STATE_HOME", (".local", "state"))
 
 
+MALLOC_ENV = "VBS_MALLOC"  # "tuned" (the default) or "system": how `vbs` sets glibc's malloc up (tuned_malloc_env)
+# glibc hands every block over its mmap threshold (32 MB at most) back to the kernel when it is freed, so each
+# training step faulted its large activations in again, page by page: a third of a float32 encoder step on a
+# 2-core AVX2 EPYC went to page faults (docs/MEASURED.md). Kept in the heap (no mmap, no trimming) and on huge
+# pages where the kernel allows them, the memory is reused from step to step; the process keeps its peak.
+MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=1099511627776")
+
+
+def tuned_malloc_env(env: dict[str, str] | None = None, libc: str = "") -> dict[str, str] | None:
+    """The environment to start `vbs` again in with MALLOC_TUNABLES added to GLIBC_TUNABLES, or None: not glibc
+    (`libc`: platform.libc_ver()'s name), VBS_MALLOC=system, or GLIBC_TUNABLES already sets a malloc tunable (the
+    user's own, or ours after the restart). Any other VBS_MALLOC value is refused."""
+    env = dict(os.environ if env is None else env)
+    mode = env.get(MALLOC_ENV, "tuned") or "tuned"
+    if mode not in ("tuned", "system"):
+        raise ValueError(f"{MALLOC_ENV} must be 'tuned' or 'system', not {mode!r}")
+    have = env.get("GLIBC_TUNABLES", "")
+    if mode == "system" or libc != "glibc" or "glibc.malloc." in have:
+        return None
+    env["GLIBC_TUNABLES"] = ":".join([*filter(None, [have]), *MALLOC_TUNABLES])
+    return env
+
+
 def onednn_isa_cap(env: dict[str, str] | None = None) -> str | None:
     """The instruction-set cap oneDNN was given (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA)."""
     env = os.environ if env is None else env

@@ -102,3 +102,46 @@ def test_vbs_tag_of_what_is_no_video_is_one_line_and_exit_2(tmp_path, what):
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr and str(source) in r.stderr, r.stderr
     assert r.stdout == ""
+
+
+def test_the_console_script_restarts_once_with_malloc_tuned_and_leaves_a_user_s_tunables_alone():
+    """glibc reads its tunables only when a process starts, so `vbs` execs itself once with MALLOC_TUNABLES added
+    (the same process: its pid does not change); VBS_MALLOC=system and a user's own malloc tunables are left as
+    they are; a bad VBS_MALLOC is one line and exit 2."""
+    import os
+    import platform
+
+    from schemas.config import MALLOC_TUNABLES
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the restart is for glibc's malloc")
+    probe = ("import os, sys; print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES', '-'), flush=True); "
+             "from ops.cli import main; sys.argv = ['vbs', '--help']; sys.exit(main())")
+
+    def run(**env):
+        base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "VBS_MALLOC")}
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                              env={**base, **env})
+
+    r = run()
+    starts = [line.split(" ", 2)[1:] for line in r.stdout.splitlines() if line.startswith("start ")]
+    assert r.returncode == 0 and "usage: vbs" in r.stdout, r.stderr
+    assert [t for _, t in starts] == ["-", ":".join(MALLOC_TUNABLES)], "started once more, with the tunables"
+    assert starts[0][0] == starts[1][0], "exec: the same process"
+    for env, tunables in (({"VBS_MALLOC": "system"}, "-"), ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+                                                              "glibc.malloc.arena_max=2")):
+        r = run(**env)
+        assert r.returncode == 0 and [line.split(" ", 2)[2] for line in r.stdout.splitlines()
+                                      if line.startswith("start ")] == [tunables], (env, r.stdout)
+    r = run(VBS_MALLOC="jemalloc")
+    assert r.returncode == 2 and r.stderr.strip() == "vbs: error: VBS_MALLOC must be 'tuned' or 'system', not 'jemalloc'"
+
+
+def test_tuned_malloc_env_adds_to_other_tunables_and_only_for_glibc():
+    from schemas.config import MALLOC_TUNABLES, tuned_malloc_env
+
+    assert tuned_malloc_env({"GLIBC_TUNABLES": "glibc.rtld.nns=8"}, "glibc")["GLIBC_TUNABLES"] == \
+        "glibc.rtld.nns=8:" + ":".join(MALLOC_TUNABLES)
+    assert tuned_malloc_env({"PATH": "/bin"}, "glibc") == {"PATH": "/bin", "GLIBC_TUNABLES": ":".join(MALLOC_TUNABLES)}
+    assert tuned_malloc_env({}, "") is None, "musl or another libc: nothing to tune"
+    assert tuned_malloc_env({"VBS_MALLOC": ""}, "glibc") is not None, "empty means the default"

@@ -497,3 +497,12 @@ def test_dockerfile_builds_the_service_image():
     ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()}
     need = {".venv", "models", "runs", "data", "bench/results", ".git", "**/__pycache__"}
     assert need <= ignored, f".dockerignore lacks {sorted(need - ignored)}"
+
+
+def test_the_image_sets_glibc_s_malloc_up_as_vbs_does():
+    """Every process of the image (`ray start` on a KubeRay pod, not only `vbs`) runs with the malloc tunables
+    `vbs` restarts itself with."""
+    from schemas.config import MALLOC_TUNABLES
+
+    envs = re.findall(r"^ENV GLIBC_TUNABLES=(\S+)$", (OPS / "Dockerfile").read_text(), flags=re.M)
+    assert envs == [":".join(MALLOC_TUNABLES)], envs
