@@ -76,7 +76,7 @@ class VideoEncoder(nn.Module):
 
 def _block(cin: int, cout: int, kernel, stride, padding) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm3d(cout),
-                  nn.ReLU(inplace=True))
+                         nn.ReLU(inplace=True))
 
 
 @register("conv3d-small")
