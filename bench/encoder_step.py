@@ -62,17 +62,16 @@ def _child_step(batch: int, steps: int, early_time: bool) -> dict:
 def _malloc_rounds(batch: int, steps: int, rounds: int, threads: int, early_time: bool) -> dict:
     """The step under glibc's malloc as it comes against as `vbs` sets it up, each in a fresh process (glibc reads
     its tunables at start), alternating."""
-    from schemas.config import MALLOC_TUNABLES
+    from schemas.config import MALLOC_ENV, MALLOC_TUNABLES, tuned_malloc_env
 
-    base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    setups = {"system": base, "tuned": {**base, "GLIBC_TUNABLES": ":".join(MALLOC_TUNABLES)}}
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", MALLOC_ENV)}
+    setups = {"system": base, "tuned": tuned_malloc_env(base, libc="glibc")}  # the environment `vbs` restarts in
     out: dict[str, list] = {name: [] for name in setups}
     for _ in range(rounds):
         for name, env in setups.items():
             r = subprocess.run([sys.executable, "-m", "bench.encoder_step", "--child-step", "--batch", str(batch),
                                 "--steps", str(steps), "--threads", str(threads), "--early-time", str(int(early_time))],
-                               env=env, capture_output=True,
-                               text=True, check=True)
+                               env=env, capture_output=True, text=True, check=True)
             out[name].append(json.loads(r.stdout.splitlines()[-1]))
     total = {name: sum(r["step_s"] for r in runs) for name, runs in out.items()}
     return {"tunables": ":".join(MALLOC_TUNABLES), "rounds": out, "ratio_tuned_to_system":
